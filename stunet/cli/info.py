@@ -1,0 +1,57 @@
+"""``stunet-info``: parameters, compute and estimated training memory of the registered models."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from stunet.complexity import measure
+from stunet.registry import create_model, list_models
+
+GIB = 1024 ** 3
+
+
+def _row(name: str, args) -> list[str]:
+    strides = [[2] * len(args.patch_size)] * 5
+    with torch.device("meta"):
+        config = create_model(name, in_channels=args.in_channels, num_classes=args.num_classes, strides=strides).config
+    c = measure(config, args.patch_size, activation_checkpointing=args.checkpointing)
+    return [name, f"{c.parameters / 1e6:.2f}M", f"{c.macs / 1e9:.1f}", f"{c.activation_bytes / GIB:.2f}",
+            f"{c.training_bytes(args.batch_size) / GIB:.1f}"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="stunet-info", description="Parameters, MACs and estimated training memory of STU-Net models. "
+        "Nothing is allocated: the models are built on PyTorch's meta device.")
+    parser.add_argument("models", nargs="*", default=["all"], help="model names, or 'all' (default); known: "
+                        + ", ".join(list_models()))
+    parser.add_argument("-p", "--patch-size", type=int, nargs="+", default=[128, 128, 128],
+                        help="patch size, 3 numbers (3D) or 2 (2D networks); default 128 128 128")
+    parser.add_argument("-b", "--batch-size", type=int, default=2, help="batch size for the memory total (default 2)")
+    parser.add_argument("--in-channels", type=int, default=1)
+    parser.add_argument("--num-classes", type=int, default=105)
+    parser.add_argument("--checkpointing", action="store_true", help="with activation checkpointing per stage")
+    parser.add_argument("--csv", action="store_true", help="comma-separated output instead of a markdown table")
+    args = parser.parse_args(argv)
+    names = list_models() if args.models == ["all"] else args.models
+    if len(args.patch_size) not in (2, 3):
+        parser.error(f"--patch-size takes 2 or 3 numbers, got {args.patch_size}")
+    header = ["model", "parameters", "GMACs/forward", "activations/sample (GiB, fp32)",
+              f"training memory at batch {args.batch_size} (GiB, fp32, est.)"]
+    try:
+        rows = [_row(name, args) for name in names]
+    except ValueError as e:
+        parser.exit(2, f"stunet-info: error: {e}\n")
+    patch = "x".join(map(str, args.patch_size))
+    if args.csv:
+        print(",".join(header))
+        print("\n".join(",".join(r) for r in rows))
+        return
+    print(f"patch {patch}, {args.in_channels} input channel(s), {args.num_classes} classes"
+          + (", activation checkpointing" if args.checkpointing else ""))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")

@@ -1,0 +1,90 @@
+"""The assembled STU-Net: a residual encoder, a residual decoder with nearest-neighbour upsampling, and one
+segmentation head per decoder stage. Parameter names and shapes equal the published model's."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from stunet.blocks import ResidualBlock, UpsampleConv, conv_and_norm
+from stunet.config import IntOrSeq, STUNetConfig
+
+
+def _stage(in_channels: int, out_channels: int, depth: int, kernel_size, stride) -> nn.Sequential:
+    """``depth`` residual blocks; the first one carries the stride and the 1×1 projection (as published)."""
+    blocks = [ResidualBlock(in_channels, out_channels, kernel_size, stride=stride, project=True)]
+    blocks += [ResidualBlock(out_channels, out_channels, kernel_size) for _ in range(depth - 1)]
+    return nn.Sequential(*blocks)
+
+
+class STUNet(nn.Module):
+    """Scalable residual U-Net (STU-Net), 2D or 3D.
+
+    Args mirror :class:`~stunet.config.STUNetConfig`. ``deep_supervision`` makes ``forward`` return one logit map per
+    decoder stage, highest resolution first; nnU-Net toggles it through ``network.decoder.deep_supervision``.
+    ``activation_checkpointing`` recomputes each stage's activations in the backward pass instead of storing them.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, depths: Sequence[int], widths: Sequence[int],
+                 strides: Sequence[IntOrSeq], kernel_sizes: Union[int, Sequence[IntOrSeq]] = 3,
+                 deep_supervision: bool = True, activation_checkpointing: bool = False):
+        super().__init__()
+        cfg = STUNetConfig(in_channels, num_classes, depths, widths, strides, kernel_sizes)
+        self.config = cfg
+        self.deep_supervision = deep_supervision
+        self.activation_checkpointing = activation_checkpointing
+        conv, _ = conv_and_norm(cfg.spatial_dims)
+        n = cfg.n_stages
+        in_widths = (cfg.in_channels,) + cfg.widths[:-1]
+        stage_strides = ((1,) * cfg.spatial_dims,) + cfg.strides
+        self.conv_blocks_context = nn.ModuleList(
+            _stage(in_widths[s], cfg.widths[s], cfg.depths[s], cfg.kernel_sizes[s], stage_strides[s]) for s in range(n))
+        # decoder stage u works at the resolution of encoder stage s = n - 2 - u
+        decoder_stages = range(n - 2, -1, -1)
+        self.upsample_layers = nn.ModuleList(
+            UpsampleConv(cfg.widths[s + 1], cfg.widths[s], cfg.strides[s]) for s in decoder_stages)
+        self.conv_blocks_localization = nn.ModuleList(
+            _stage(2 * cfg.widths[s], cfg.widths[s], cfg.depths[s], cfg.kernel_sizes[s], 1) for s in decoder_stages)
+        self.seg_outputs = nn.ModuleList(conv(cfg.widths[s], cfg.num_classes, 1) for s in decoder_stages)
+
+    @property
+    def decoder(self) -> "STUNet":
+        """nnU-Net switches deep supervision with ``network.decoder.deep_supervision = flag``; the flag lives here."""
+        return self
+
+    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem if ``x`` cannot pass through this network."""
+        cfg = self.config
+        if x.ndim != cfg.spatial_dims + 2:
+            raise ValueError(f"expected a {cfg.spatial_dims + 2}D input (batch, channels, {cfg.spatial_dims} spatial "
+                             f"axes), got shape {tuple(x.shape)}")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        for axis, (size, divisor) in enumerate(zip(x.shape[2:], cfg.total_stride)):
+            if size % divisor:
+                raise ValueError(f"input size {size} along spatial axis {axis} is not divisible by {divisor}, the "
+                                 f"network's total stride on that axis; use a patch size that is a multiple of "
+                                 f"{divisor} (input shape {tuple(x.shape[2:])}, total stride {cfg.total_stride})")
+
+    def forward(self, x: torch.Tensor):
+        self.check_input(x)
+        skips = []
+        for stage in self.conv_blocks_context[:-1]:
+            x = self._run(stage, x)
+            skips.append(x)
+        x = self._run(self.conv_blocks_context[-1], x)
+        last = len(self.conv_blocks_localization) - 1
+        outputs = []
+        for u, (up, stage, head) in enumerate(zip(self.upsample_layers, self.conv_blocks_localization,
+                                                  self.seg_outputs)):
+            x = self._run(stage, torch.cat((up(x), skips[-1 - u]), dim=1))
+            if self.deep_supervision or u == last:
+                outputs.append(head(x))
+        return outputs[::-1] if self.deep_supervision else outputs[-1]

@@ -1,0 +1,60 @@
+"""The published STU-Net sizes as registered presets, and the scaling rules that generalise them.
+
+A preset fixes the blocks per stage and the base width; stage ``i`` has ``base × min(2**i, 16)`` channels. The number of
+stages follows from ``strides`` (default: five 2×2×2 downsamplings, as published), so any depth, width, stage count and
+dimensionality can be built from a preset.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from stunet.config import IntOrSeq
+from stunet.network import STUNet
+from stunet.registry import register_model
+
+DEFAULT_STRIDES = ((2, 2, 2),) * 5
+MAX_WIDTH_FACTOR = 16
+
+
+def preset_widths(base_width: int, n_stages: int) -> list[int]:
+    return [base_width * min(2 ** i, MAX_WIDTH_FACTOR) for i in range(n_stages)]
+
+
+def build_stunet(depth: int, base_width: int, *, in_channels: int = 1, num_classes: int = 105,
+                 strides: Sequence[IntOrSeq] = DEFAULT_STRIDES, kernel_sizes=3,
+                 depths: Sequence[int] | None = None, widths: Sequence[int] | None = None,
+                 depth_multiplier: float = 1.0, width_multiplier: float = 1.0, **network_kwargs) -> STUNet:
+    """An STU-Net from a preset's ``depth`` and ``base_width``.
+
+    Explicit ``depths``/``widths`` lists replace the preset's; the multipliers then scale them (rounded, at least 1).
+    """
+    n_stages = len(strides) + 1
+    depths = list(depths) if depths is not None else [depth] * n_stages
+    widths = list(widths) if widths is not None else preset_widths(base_width, n_stages)
+    depths = [max(1, round(d * depth_multiplier)) for d in depths]
+    widths = [max(1, round(w * width_multiplier)) for w in widths]
+    return STUNet(in_channels, num_classes, depths, widths, strides, kernel_sizes, **network_kwargs)
+
+
+@register_model
+def stunet_small(**kwargs) -> STUNet:
+    """STU-Net-S: 1 block per stage, base width 16 (14.6M parameters with 1 channel and 105 classes)."""
+    return build_stunet(1, 16, **kwargs)
+
+
+@register_model
+def stunet_base(**kwargs) -> STUNet:
+    """STU-Net-B: 1 block per stage, base width 32 (58.3M parameters)."""
+    return build_stunet(1, 32, **kwargs)
+
+
+@register_model
+def stunet_large(**kwargs) -> STUNet:
+    """STU-Net-L: 2 blocks per stage, base width 64 (440.3M parameters)."""
+    return build_stunet(2, 64, **kwargs)
+
+
+@register_model
+def stunet_huge(**kwargs) -> STUNet:
+    """STU-Net-H: 3 blocks per stage, base width 96 (1457.3M parameters)."""
+    return build_stunet(3, 96, **kwargs)
