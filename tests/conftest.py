@@ -19,3 +19,17 @@ def shared_file(relative: str) -> Path:
 def shared():
     """``shared("reference/x.json")``: the path of a ../shared file, or a skip when it is absent."""
     return shared_file
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    """A synthetic dataset (10 training, 2 held-out cases of 24×32×32 voxels) planned and preprocessed by nnU-Net for
+    2d and 3d_fullres: ``(root, dataset folder, environment for nnU-Net's commands)``."""
+    from nnunet_helpers import nnunet_env, run
+    from stunet.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    folder = write_dataset(root / "raw", dataset_id=990, num_train=10, num_test=2, shape=(24, 32, 32))
+    env = nnunet_env(root)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "2d", "3d_fullres", "-np", "1", "1", "-npfp", "1"], env)
+    return root, folder, env
