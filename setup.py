@@ -70,6 +70,8 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": [
         "stunet-info=stunet.cli.info:main",
+        "stunet-demo=stunet.cli.demo:main",
+        "stunet-env=stunet.cli.env:main",
     ]},
     cmdclass={"build_py": BuildWithPth, "editable_wheel": EditableWithPth},
 )
