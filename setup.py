@@ -52,9 +52,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["stunet", "stunet.cli", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
+    packages=["stunet", "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
-    package_data={"stunet.pretrained_configs": ["*.json"], "stunet": ["label_maps/*.json"]},
+    package_data={"stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.8,<2.9",
@@ -72,6 +72,7 @@ setup(
         "stunet-info=stunet.cli.info:main",
         "stunet-demo=stunet.cli.demo:main",
         "stunet-env=stunet.cli.env:main",
+        "stunet-convert=stunet.cli.convert:main",
     ]},
     cmdclass={"build_py": BuildWithPth, "editable_wheel": EditableWithPth},
 )

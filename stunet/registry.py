@@ -33,10 +33,11 @@ def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Modul
 
     ``kwargs`` go to the builder (for the STU-Net presets: in_channels, num_classes, strides, kernel_sizes, depths,
     widths, depth_multiplier, width_multiplier, deep_supervision, activation_checkpointing). With ``pretrained`` (a
-    checkpoint file), the architecture follows the released model's config unless overridden, the weights are loaded
-    and the config is attached as ``model.pretrained_config``.
+    checkpoint file in any supported format), the architecture follows the released model's config
+    (``name`` may carry its tag: 'stunet_large.totalseg104') unless overridden, the weights are loaded, and the config
+    is attached as ``model.pretrained_config``; ``trust_checkpoint=True`` allows pickled objects beyond tensors.
     """
-    builder = model_builder(name)
+    builder = model_builder(name.split(".")[0])
     if pretrained is None:
         return builder(**kwargs)
     from stunet.pretrained import create_pretrained  # checkpoint I/O only when asked for

@@ -1,0 +1,1 @@
+"""Declarative configs of the released models (one JSON file each), read by stunet.pretrained."""

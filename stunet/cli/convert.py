@@ -1,0 +1,52 @@
+"""``stunet-convert IN OUT``: any supported checkpoint to an nnU-Net v2 checkpoint, model folder or safetensors."""
+import argparse
+import sys
+from pathlib import Path
+
+from stunet.checkpoint import CheckpointError, load_checkpoint
+from stunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
+from stunet.pretrained import list_pretrained
+
+EPILOG = """OUT decides the format:
+  *.pth           an nnU-Net v2 checkpoint (checkpoint_final.pth layout; -pretrained_weights takes it)
+  *.safetensors   weights with metadata, plus a JSON config beside it (OUT with .json)
+  a folder        a complete nnU-Net v2 model folder (plans.json, dataset.json, fold_all/checkpoint_final.pth)
+                  for nnUNetv2_predict_from_modelfolder -m OUT -f all, or stunet-predict -m OUT
+
+examples:
+  stunet-convert small_ep4k.model stunet_small_totalseg/          # released v1 model -> nnU-Net v2 model folder
+  stunet-convert checkpoint_final.pth small.safetensors"""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="stunet-convert", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", type=Path, help="nnU-Net v1 .model (its .model.pkl beside it), nnU-Net v2 .pth, "
+                                                  "state_dict or .safetensors")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--pretrained", choices=list_pretrained(), help="the released model the checkpoint is "
+                        "(default: recognised from its architecture and class count)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle IN with full trust (only for files from a trusted source)")
+    args = parser.parse_args(argv)
+    out = args.output
+    if out.exists() and not args.overwrite:
+        parser.exit(2, f"stunet-convert: error: {out} exists; pass --overwrite to replace it\n")
+    try:
+        checkpoint = load_checkpoint(args.input, trust=args.trust_checkpoint)
+        if out.suffix == ".pth":
+            write_nnunet_checkpoint(checkpoint, out, args.pretrained)
+            written = [out]
+        elif out.suffix == ".safetensors":
+            written = [out, write_safetensors(checkpoint, out, args.pretrained)]
+        elif out.suffix == "":
+            write_model_folder(checkpoint, out, args.pretrained)
+            written = [out / "plans.json", out / "dataset.json", out / "fold_all" / "checkpoint_final.pth"]
+        else:
+            parser.exit(2, f"stunet-convert: error: {out}: give a .pth or .safetensors file, or a folder (no suffix)\n")
+    except (CheckpointError, ValueError) as e:
+        parser.exit(1, f"stunet-convert: error: {e}\n")
+    print(f"read {args.input} ({checkpoint.format}, {len(checkpoint.state_dict)} tensors)", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")

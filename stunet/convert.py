@@ -1,0 +1,106 @@
+"""Writing checkpoints in the formats others read: nnU-Net v2 ``checkpoint_final.pth`` (alone or in a complete model
+folder that ``nnUNetv2_predict_from_modelfolder`` and ``stunet-predict -m`` take) and ``.safetensors`` with a JSON
+config."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stunet.checkpoint import Checkpoint
+from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
+from stunet.pretrained import get_pretrained_config, label_names, source_labels
+from stunet.transfer import architecture_of, describe
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename onto ``path``: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def released_config_for(checkpoint: Checkpoint, name: str | None = None) -> dict | None:
+    """The pretrained config named ``name``, or the one whose architecture and classes the checkpoint has."""
+    if name:
+        return get_pretrained_config(name)
+    arch = architecture_of(checkpoint.state_dict)
+    try:
+        config = get_pretrained_config(describe(arch))
+    except ValueError:
+        return None
+    return config if config["architecture"]["num_classes"] == arch["num_classes"] else None
+
+
+def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
+    """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint."""
+    arch = architecture_of(checkpoint.state_dict)
+    plans, dataset_json, trainer = checkpoint.plans, checkpoint.dataset_json, checkpoint.trainer_name
+    mirroring = checkpoint.mirroring_axes
+    if checkpoint.format != "nnunet-v2":
+        config = released_config_for(checkpoint, pretrained)
+        if config is not None:
+            plans = plans_for_pretrained(config, dataset_name=config["name"], num_channels=arch["in_channels"])
+            dataset_json = dataset_json_for_pretrained(config)
+            trainer = config["checkpoint"]["trainer"]
+        else:
+            plans = dataset_json = None
+            preset = describe(arch)
+            trainer = f"STUNetTrainer_{preset.split('_')[1]}" if preset.startswith("stunet_") else None
+        mirroring = tuple(range(len(arch["kernel_sizes"][0])))
+    saved = {"network_weights": checkpoint.state_dict, "optimizer_state": None, "grad_scaler_state": None,
+             "logging": None, "_best_ema": None, "current_epoch": 0, "trainer_name": trainer,
+             "init_args": {"plans": plans, "configuration": checkpoint.configuration or CONFIGURATION, "fold": "all",
+                           "dataset_json": dataset_json, "device": "cpu"},
+             "inference_allowed_mirroring_axes": mirroring}
+    return saved, plans, dataset_json
+
+
+def write_nnunet_checkpoint(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> None:
+    saved, _, _ = nnunet_v2_parts(checkpoint, pretrained)
+    atomic_write(out, lambda tmp: torch.save(saved, tmp))
+
+
+def write_model_folder(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> None:
+    """``out/plans.json``, ``out/dataset.json`` and ``out/fold_all/checkpoint_final.pth``."""
+    saved, plans, dataset_json = nnunet_v2_parts(checkpoint, pretrained)
+    if plans is None or dataset_json is None:
+        raise ValueError(f"{checkpoint.path}: the checkpoint does not say its preprocessing and labels (not an "
+                         f"nnU-Net v2 checkpoint nor a released architecture); name them with --pretrained NAME")
+    for name, content in (("plans.json", plans), ("dataset.json", dataset_json)):
+        atomic_write(out / name, lambda tmp, c=content: tmp.write_text(json.dumps(c, indent=2)))
+    atomic_write(out / "fold_all" / "checkpoint_final.pth", lambda tmp: torch.save(saved, tmp))
+
+
+def write_safetensors(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> Path:
+    """``out`` (.safetensors, metadata included) and its JSON config beside it; returns the config's path."""
+    from safetensors.torch import save_file
+
+    arch = architecture_of(checkpoint.state_dict)
+    config = released_config_for(checkpoint, pretrained)
+    labels = source_labels(checkpoint) or (label_names(config) if config else None)
+    description = {"model": describe(arch), "architecture": {**arch, **(
+        {"strides": config["architecture"]["strides"]} if config else {})},
+        "labels": labels, "pretrained": config["name"] if config else None, "converted_from": checkpoint.format}
+    metadata = {"format": "stunet", "architecture": json.dumps(description["architecture"]),
+                **({"labels": json.dumps(labels)} if labels else {})}
+    tensors = {k: v.contiguous() for k, v in checkpoint.state_dict.items()}
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    config_path = out.with_suffix(".json")
+    text = re.sub(r"\[[\d,\s]*\]", lambda m: re.sub(r"\s+", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"),
+                  json.dumps(description, indent=2))  # lists of numbers on one line
+    atomic_write(config_path, lambda tmp: tmp.write_text(text + "\n"))
+    return config_path

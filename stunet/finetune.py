@@ -1,0 +1,76 @@
+"""Fine-tuning STU-Nets inside nnU-Net: which parameters train at which learning rate, and loading
+``-pretrained_weights`` of any supported format safely with a report.
+
+nnU-Net's ``nnUNetv2_train -pretrained_weights FILE`` calls ``nnunetv2.run.run_training.load_pretrained_weights``,
+which trusts the pickle, needs an nnU-Net v2 file and copies only equal shapes. An STU-Net trainer routes that call,
+for its own network only, to :meth:`load_pretrained_weights` of the trainer (see :func:`route_pretrained_loading`).
+"""
+from __future__ import annotations
+
+import os
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from torch import nn
+
+from stunet.checkpoint import strip_wrapper_prefix
+
+HEADS = "seg_outputs."
+ENCODER = "conv_blocks_context."
+TRAINABLE = ("all", "decoder", "heads")
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The network inside nnU-Net's DDP and torch.compile wrappers."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
+def parameter_groups(network: nn.Module, lr: float, trainable: str = "all", body_lr_factor: float = 1.0):
+    """Optimizer groups: the heads at ``lr``, everything else at ``lr * body_lr_factor``. Parameters outside
+    ``trainable`` ('all'; 'decoder': encoder frozen; 'heads': only the segmentation heads) stop requiring grad."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+    heads, body = [], []
+    for name, parameter in network.named_parameters():
+        name = strip_wrapper_prefix(name)
+        frozen = (trainable == "heads" and not name.startswith(HEADS)) or (
+            trainable == "decoder" and name.startswith(ENCODER))
+        parameter.requires_grad_(not frozen)
+        if not frozen:
+            (heads if name.startswith(HEADS) else body).append(parameter)
+    groups = [{"params": heads, "lr": lr, "name": "heads"},
+              {"params": body, "lr": lr * body_lr_factor, "name": "body"}]
+    return [g for g in groups if g["params"]]
+
+
+class PolyLRPerGroup(PolyLRScheduler):
+    """nnU-Net's poly schedule, applied to each group's own initial learning rate (nnU-Net's sets one for all)."""
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        factor = (1 - current_step / self.max_steps) ** self.exponent
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def route_pretrained_loading(trainer) -> None:
+    """Send nnU-Net's ``load_pretrained_weights(network, file)`` for ``trainer.network`` to
+    ``trainer.load_pretrained_weights(file)``; other networks keep nnU-Net's loader."""
+    import nnunetv2.run.run_training as run_training
+
+    stock = getattr(run_training.load_pretrained_weights, "stock", run_training.load_pretrained_weights)
+
+    def load_pretrained_weights(network, fname, verbose=False):
+        if network is trainer.network:
+            return trainer.load_pretrained_weights(fname)
+        return stock(network, fname, verbose)
+
+    load_pretrained_weights.stock = stock
+    run_training.load_pretrained_weights = load_pretrained_weights
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "t")
