@@ -73,6 +73,7 @@ setup(
         "stunet-demo=stunet.cli.demo:main",
         "stunet-env=stunet.cli.env:main",
         "stunet-convert=stunet.cli.convert:main",
+        "stunet-plans=stunet.cli.plans:main",
     ]},
     cmdclass={"build_py": BuildWithPth, "editable_wheel": EditableWithPth},
 )
