@@ -54,7 +54,7 @@ setup(
     python_requires=">=3.10",
     packages=["stunet", "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
-    package_data={"stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
+    package_data={"stunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.8,<2.9",
@@ -74,6 +74,8 @@ setup(
         "stunet-env=stunet.cli.env:main",
         "stunet-convert=stunet.cli.convert:main",
         "stunet-plans=stunet.cli.plans:main",
+        "stunet-predict=stunet.cli.predict:main",
+        "stunet-totalseg=stunet.cli.totalseg:main",
     ]},
     cmdclass={"build_py": BuildWithPth, "editable_wheel": EditableWithPth},
 )

@@ -14,10 +14,12 @@ from the plans: see :mod:`stunet.nnunet_network`), and ``-pretrained_weights FIL
 ``_ft_paper``           heads at lr 1e-2, all other layers at 0.1x that (1e-3), as the STU-Net paper describes
 ``_ft_frozen_encoder``  encoder frozen; decoder and heads at lr 1e-3
 ``_ft_heads``           only the segmentation heads train, at lr 1e-2
+``_mirroronly``         from scratch with mirroring as the only data augmentation (the released models' pretraining)
 ======================  ===========================================================================================
 
-``<schedule>``: (none) nnU-Net's 1000 epochs of 250 iterations; ``_quick`` 5 epochs × 20 iterations (small datasets
-and demos on a CPU); ``_smoke`` 2 epochs × 5 iterations (checks that a pipeline runs).
+``<schedule>``: (none) nnU-Net's 1000 epochs of 250 iterations; ``_ep4k`` 4000 epochs (the released models'
+pretraining: ``STUNetTrainer_<size>_mirroronly_ep4k``); ``_quick`` 5 epochs × 20 iterations (small datasets and demos
+on a CPU); ``_smoke`` 2 epochs × 5 iterations (checks that a pipeline runs).
 
 Options for any of them, through the environment (nnUNetv2_train has no flags of ours): ``STUNET_LABEL_MAP`` (a label
 map name or JSON file matching downstream labels to pretrained classes, see :mod:`stunet.labels`) and
@@ -26,9 +28,13 @@ map name or JSON file matching downstream labels to pretrained classes, see :mod
 import os
 
 import torch
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from stunet.checkpoint import load_checkpoint
+from stunet.cpu_memory import reuse_freed_memory
 from stunet.finetune import PolyLRPerGroup, env_flag, parameter_groups, route_pretrained_loading, unwrap
 from stunet.labels import load_label_map, name_map_of
 from stunet.nnunet_network import build_for_configuration, deep_supervision_scales, strides_for_plans
@@ -54,6 +60,8 @@ class STUNetTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         for name, value in self.settings.items():
             setattr(self, name, value)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # about twice as fast on CPUs, see stunet.cpu_memory
         self.pretrained_report = None
         route_pretrained_loading(self)
 
@@ -101,6 +109,27 @@ class STUNetTrainer(nnUNetTrainer):
         super().on_train_start()
 
 
+class MirroringOnly:
+    """Data augmentation by random mirroring only: the loader crops final-size patches (no rotation margin) and the
+    training pipeline is nnU-Net's validation pipeline (labels, deep supervision targets) after a MirrorTransform."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        return rotation, dummy_2d, list(self.configuration_manager.patch_size), mirror_axes
+
+    @staticmethod
+    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        transforms = [MirrorTransform(allowed_axes=mirror_axes)] if mirror_axes else []
+        if use_mask_for_norm is not None and any(use_mask_for_norm):
+            transforms.append(MaskImageTransform(apply_to_channels=[i for i, m in enumerate(use_mask_for_norm) if m],
+                                                 channel_idx_in_seg=0, set_outside_to=0))
+        rest = nnUNetTrainer.get_validation_transforms(deep_supervision_scales, is_cascaded, foreground_labels,
+                                                       regions, ignore_label)
+        return ComposeTransforms(transforms + list(rest.transforms))
+
+
 SIZES = ("small", "base", "large", "huge")
 REGIMES = {
     "": {},
@@ -108,9 +137,11 @@ REGIMES = {
     "_ft_paper": {"settings": {"initial_lr": 1e-2}, "body_lr_factor": 0.1, "requires_pretrained": True},
     "_ft_frozen_encoder": {"settings": {"initial_lr": 1e-3}, "trainable": "decoder", "requires_pretrained": True},
     "_ft_heads": {"settings": {"initial_lr": 1e-2}, "trainable": "heads", "requires_pretrained": True},
+    "_mirroronly": {"mixin": MirroringOnly},
 }
 SCHEDULES = {
     "": {},
+    "_ep4k": {"num_epochs": 4000},
     "_quick": {"num_epochs": 5, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 5},
     "_smoke": {"num_epochs": 2, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 2},
 }
@@ -122,10 +153,12 @@ def _define_trainers() -> None:
         for regime, attributes in REGIMES.items():
             for schedule, schedule_settings in SCHEDULES.items():
                 name = f"STUNetTrainer_{size}{regime}{schedule}"
+                attributes = dict(attributes)
+                bases = (attributes.pop("mixin"), STUNetTrainer) if "mixin" in attributes else (STUNetTrainer,)
                 namespace = {**attributes, "model_name": f"stunet_{size}", "__module__": __name__,
                              "__qualname__": name,
                              "settings": {**attributes.get("settings", {}), **schedule_settings}}
-                globals()[name] = type(name, (STUNetTrainer,), namespace)
+                globals()[name] = type(name, bases, namespace)
 
 
 _define_trainers()

@@ -15,6 +15,25 @@ def conv_and_norm(spatial_dims: int):
     return _OPS[spatial_dims]
 
 
+def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1(×1) convolution as one batched matrix product over the channels.
+
+    Same result as ``conv(x)``; on CPUs it is several times faster than oneDNN's convolution for these shapes, which
+    reorders the channels-first tensors into its blocked layout (measured in benchmarks/forward.py).
+    """
+    stride = conv.stride
+    if any(s != 1 for s in stride):
+        x = x[(..., *[slice(None, None, s) for s in stride])]
+    batch, channels, *spatial = x.shape
+    flat = x.reshape(batch, channels, -1)
+    weight = conv.weight.reshape(conv.out_channels, channels).expand(batch, -1, -1)
+    if conv.bias is None:
+        out = torch.bmm(weight, flat)
+    else:
+        out = torch.baddbmm(conv.bias.view(1, -1, 1).expand(batch, -1, flat.shape[-1]), weight, flat)
+    return out.view(batch, conv.out_channels, *spatial)
+
+
 class ResidualBlock(nn.Module):
     """conv(k, stride) → IN → LeakyReLU → conv(k) → IN, plus the shortcut, then LeakyReLU.
 
@@ -39,7 +58,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        y += x if self.conv3 is None else self.conv3(x)
+        y += x if self.conv3 is None else pointwise(self.conv3, x)
         return self.act2(y)
 
 
@@ -57,7 +76,7 @@ class UpsampleConv(nn.Module):
         self.scale = tuple(int(s) for s in scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+        x = pointwise(self.conv, x)
         if all(s == 1 for s in self.scale):
             return x
         return F.interpolate(x, scale_factor=self.scale, mode="nearest")

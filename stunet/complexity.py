@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 from typing import Sequence
 
 import torch
-from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from stunet.config import STUNetConfig
 from stunet.network import STUNet
@@ -28,33 +27,21 @@ class Complexity:
         return batch_size * self.activation_bytes + self.weight_and_optimizer_bytes
 
 
-def _conv_macs(module: nn.Module, output: torch.Tensor) -> int:
-    per_output = module.in_channels // module.groups * prod(module.kernel_size)
-    return output.numel() // output.shape[0] * per_output
-
-
 def measure(config: STUNetConfig, patch_size: Sequence[int], activation_checkpointing: bool = False) -> Complexity:
     """Parameters, convolution MACs and stored-activation bytes of one training forward pass on ``patch_size``."""
     with torch.device("meta"):
         model = STUNet(**vars(config), deep_supervision=True, activation_checkpointing=activation_checkpointing)
         x = torch.empty(1, config.in_channels, *patch_size, requires_grad=activation_checkpointing)
-    macs = 0
-
-    def count(module, _inputs, output):
-        nonlocal macs
-        macs += _conv_macs(module, output)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     params = {id(p) for p in model.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
-        if id(t) not in params and t.is_floating_point():
-            saved[id(t)] = t.numel() * 4
+        base = t if t._base is None else t._base  # a view shares its base's memory
+        if id(base) not in params and t.is_floating_point():
+            saved[id(base)] = base.numel() * 4
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), FlopCounterMode(display=False) as flops:
         model(x)
-    for h in hooks:
-        h.remove()
-    return Complexity(sum(p.numel() for p in model.parameters()), macs, sum(saved.values()))
+    # convolutions and the matrix products of the 1x1 convolutions; one multiply-accumulate is two FLOPs
+    return Complexity(sum(p.numel() for p in model.parameters()), flops.get_total_flops() // 2, sum(saved.values()))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stunet.blocks import ResidualBlock, UpsampleConv, conv_and_norm
+from stunet.blocks import ResidualBlock, UpsampleConv, conv_and_norm, pointwise
 from stunet.config import IntOrSeq, STUNetConfig
 
 
@@ -73,18 +73,27 @@ class STUNet(nn.Module):
                                  f"network's total stride on that axis; use a patch size that is a multiple of "
                                  f"{divisor} (input shape {tuple(x.shape[2:])}, total stride {cfg.total_stride})")
 
-    def forward(self, x: torch.Tensor):
+    def decode(self, x: torch.Tensor, all_stages: bool) -> list[torch.Tensor]:
+        """Decoder stage outputs (the heads' inputs), coarsest first: all of them, or only the last."""
         self.check_input(x)
         skips = []
         for stage in self.conv_blocks_context[:-1]:
             x = self._run(stage, x)
             skips.append(x)
         x = self._run(self.conv_blocks_context[-1], x)
-        last = len(self.conv_blocks_localization) - 1
-        outputs = []
-        for u, (up, stage, head) in enumerate(zip(self.upsample_layers, self.conv_blocks_localization,
-                                                  self.seg_outputs)):
+        features = []
+        for u, (up, stage) in enumerate(zip(self.upsample_layers, self.conv_blocks_localization)):
             x = self._run(stage, torch.cat((up(x), skips[-1 - u]), dim=1))
-            if self.deep_supervision or u == last:
-                outputs.append(head(x))
-        return outputs[::-1] if self.deep_supervision else outputs[-1]
+            if all_stages:
+                features.append(x)
+        return features if all_stages else [x]
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The highest-resolution segmentation head: logits from the last decoder stage's features."""
+        return pointwise(self.seg_outputs[-1], features)
+
+    def forward(self, x: torch.Tensor):
+        features = self.decode(x, all_stages=self.deep_supervision)
+        if not self.deep_supervision:
+            return self.head(features[0])
+        return [pointwise(head, f) for head, f in zip(self.seg_outputs, features)][::-1]

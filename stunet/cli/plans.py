@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
     channels = len(json.loads((raw / "dataset.json").read_text())["channel_names"])
     plans = plans_for_pretrained(config, raw.name, plans_name, channels, fingerprint)
     plans_file.write_text(json.dumps(plans, indent=2))
+    shutil.copyfile(raw / "dataset.json", preprocessed / "dataset.json")  # as nnU-Net's planner does
     pre = config["preprocessing"]
     print(f"wrote {plans_file}: {CONFIGURATION} at {pre['spacing']} mm, z-score per image, patch {pre['patch_size']}, "
           f"strides {config['architecture']['strides']} ({config['name']})")

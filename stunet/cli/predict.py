@@ -1,0 +1,223 @@
+"""``stunet-predict``: segment a folder (or one file) of NIfTI images with an STU-Net.
+
+The model is a trained nnU-Net v2 model folder (-m) or a released checkpoint (--pretrained NAME --checkpoint FILE; no
+nnU-Net folders or environment variables needed). Every output has its input's exact geometry.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stunet.cases import CaseError, check_files, check_values, find_cases
+from stunet.checkpoint import CheckpointError
+from stunet.cpu_memory import reuse_freed_memory
+from stunet.labels import canonical, list_label_maps, load_label_map
+from stunet.pretrained import list_pretrained
+
+EPILOG = """input naming: nnU-Net's, case_0000.nii.gz (+ case_0001.nii.gz ... for multi-channel models), or for
+single-channel models plain files (case.nii.gz). Outputs: OUT/case.nii.gz, OUT/labels.json (label index -> name).
+
+examples:
+  stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model
+  stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model --label-map amos22
+  stunet-predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Liver/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -f 0 1
+  stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stunet-predict", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--input", type=Path, required=True, help="input folder, or one image file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (or file, for one input file)")
+    model = p.add_argument_group("model (one of)")
+    model.add_argument("-m", "--model-folder", type=Path, help="nnU-Net v2 trained model folder (plans.json, fold_*)")
+    model.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all with a checkpoint)")
+    model.add_argument("--checkpoint-name", default="checkpoint_final.pth")
+    model.add_argument("--pretrained", choices=list_pretrained(), help="a released model, with --checkpoint")
+    model.add_argument("--checkpoint", type=Path, help="its checkpoint file (.model, .pth, .safetensors)")
+    model.add_argument("--trust-checkpoint", action="store_true", help="unpickle checkpoints with full trust")
+    run = p.add_argument_group("prediction")
+    run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
+    run.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                     help="network precision; auto = fp16 mixed precision on CUDA, fp32 on the CPU")
+    run.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
+    run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
+    run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
+                                                         "accurate")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--label-map", help="map the model's classes onto another label system: a shipped map ("
+                                         + ", ".join(list_label_maps()) + ") or a JSON file")
+    out.add_argument("--labels", help="keep only these labels (comma-separated names or numbers); others become 0")
+    out.add_argument("--save-probabilities", action="store_true",
+                     help="also write case.npz with float16 probabilities of the output labels")
+    out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
+    out.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts ...")
+    out.add_argument("--part-id", type=int, default=0, help="... and predict this one (0-based)")
+    return p
+
+
+def _load_model(args, parser):
+    from stunet.inference import load_model_folder, load_pretrained
+    if bool(args.model_folder) == bool(args.pretrained):
+        parser.error("give either -m MODEL_FOLDER or --pretrained NAME --checkpoint FILE")
+    if args.pretrained:
+        if not args.checkpoint:
+            parser.error(f"--pretrained {args.pretrained} needs --checkpoint FILE (the downloaded weights, see "
+                         f"docs/model_zoo.md)")
+        return load_pretrained(args.pretrained, args.checkpoint, trust=args.trust_checkpoint)
+    return load_model_folder(args.model_folder, args.folds, args.checkpoint_name, trust=args.trust_checkpoint)
+
+
+def output_labels(model_labels: dict[int, str], label_map: str | None, keep: str | None):
+    """(output index -> name, lookup from model class to output label or None, model classes per output label)."""
+    names, members = dict(model_labels), {i: [i] for i in model_labels}
+    if label_map:
+        spec = load_label_map(label_map)
+        by_name = {canonical(n): i for i, n in model_labels.items()}
+        unknown = [s for e in spec["labels"].values() for s in e["from"] if canonical(s) not in by_name]
+        if unknown:
+            raise ValueError(f"label map {label_map}: {', '.join(unknown)} are not classes of this model")
+        names = {0: "background", **{i: e["name"] for i, e in spec["labels"].items()}}
+        members = {0: [0], **{i: [by_name[canonical(s)] for s in e["from"]] for i, e in spec["labels"].items()}}
+    if keep:
+        wanted = {w.strip() for w in keep.split(",") if w.strip()}
+        chosen = {i for i, n in names.items() if str(i) in wanted or canonical(n) in {canonical(w) for w in wanted}}
+        missing = wanted - {str(i) for i in chosen} - {names[i] for i in chosen}
+        missing = {w for w in missing if canonical(w) not in {canonical(names[i]) for i in chosen}}
+        if missing:
+            raise ValueError(f"--labels: {', '.join(sorted(missing))} not among the output labels "
+                             f"({', '.join(names[i] for i in sorted(names) if i)})")
+        names = {i: n for i, n in names.items() if i in chosen or i == 0}
+        members = {i: m for i, m in members.items() if i in names}
+    identity = not label_map and not keep
+    lookup = None
+    if not identity:
+        lookup = torch.zeros(max(model_labels) + 1, dtype=torch.int64)
+        for out_index, classes in members.items():
+            lookup[classes] = out_index
+    return names, lookup, [members[i] for i in sorted(names)]
+
+
+# unfinished files go to a folder of this process's own (parts may share OUT), where no *.nii.gz glob meets them
+PARTIAL = Path(".stunet-partial") / f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _write_atomic(target: Path, write) -> None:
+    """``write(temporary path)`` inside OUT/.stunet-partial/<host>-<pid>, then rename onto ``target``."""
+    partial = target.parent / PARTIAL
+    partial.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=partial, suffix="".join(target.suffixes[-2:]) if target.name.endswith(
+        ".nii.gz") else target.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.disable_tta, args.step_size = True, 1.0
+    if not 0 < args.step_size <= 1:
+        parser.error("--step-size must be in (0, 1]")
+    if not 0 <= args.part_id < args.num_parts:
+        parser.error(f"--part-id must be in 0..{args.num_parts - 1}")
+    if not args.input.exists():
+        parser.error(f"{args.input} does not exist")
+    single_file = args.input.is_file()
+    out_dir = args.output.parent if single_file and args.output.name.endswith(".nii.gz") else args.output
+    if out_dir.resolve() == (args.input.parent if single_file else args.input).resolve():
+        parser.error(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cpu":
+        reuse_freed_memory()
+    try:
+        model = _load_model(args, parser)
+        names, lookup, members = output_labels(model.label_names, args.label_map, args.labels)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        parser.exit(1, f"stunet-predict: error: {e}\n")
+
+    from stunet.inference import Predictor
+    predictor = Predictor(model, device, args.step_size, not args.disable_tta, args.precision)
+    cases = find_cases(args.input, model.num_input_channels)[args.part_id::args.num_parts]
+    if not cases:
+        parser.exit(1, f"stunet-predict: error: no images in {args.input} (expected {', '.join(('.nii.gz', '.nii'))}"
+                       f" files)\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "labels.json", lambda tmp: Path(tmp).write_text(
+        json.dumps({str(i): n for i, n in sorted(names.items())}, indent=2)))
+    inputs = {p.resolve() for c in cases for p in c.files}
+    writer = model.plans_manager.image_reader_writer_class()
+    print(f"stunet-predict: {len(cases)} case(s) from {args.input}, model {model.description}, device {device}"
+          + (f", part {args.part_id + 1}/{args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
+    done, skipped, failed = 0, 0, []
+    bar = tqdm(cases, unit="case", desc="cases")
+    for case in bar:
+        target = args.output if single_file and args.output.name.endswith(case.ending) else \
+            out_dir / f"{case.name}{case.ending}"
+        if target.resolve() in inputs:
+            failed.append(f"{case.name}: output {target} would overwrite an input")
+            continue
+        if target.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        bar.set_postfix_str(case.name)
+        try:
+            if case.problem:
+                raise CaseError(case.problem)
+            check_files(case, 3)
+            try:
+                image, properties = predictor.read(case.files)
+            except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
+                for path in case.files:
+                    try:
+                        predictor.read([path])
+                    except Exception as single:
+                        raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
+                                        ) from None
+                raise CaseError(f"{case.files[0]}: cannot read the case ({e})") from None
+            data, properties = predictor.preprocess(check_values(case, image), properties)
+            tiles = tqdm(unit="tile", leave=False, desc=case.name)
+            features = predictor.blended_features(data, progress=tiles.update, on_start=lambda n: tiles.reset(n))
+            tiles.close()
+            seg, probs = predictor.segment(features, properties, lookup,
+                                           members if args.save_probabilities else None)
+            del features
+            if probs is not None:
+                _write_atomic(target.with_name(f"{case.name}.npz"), lambda tmp: np.savez_compressed(
+                    tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])))
+            _write_atomic(target, lambda tmp: writer.write_seg(seg, tmp, properties))
+            done += 1
+        except CaseError as e:
+            failed.append(str(e))
+            tqdm.write(f"stunet-predict: error: {e}", file=sys.stderr)
+        except (RuntimeError, ValueError, OSError, MemoryError) as e:
+            failed.append(f"{case.files[0]}: {type(e).__name__}: {e}")
+            tqdm.write(f"stunet-predict: error: {case.files[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+    summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
+              f"{len(failed)} failed; outputs in {out_dir}"
+    shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out_dir / PARTIAL.parent).rmdir()  # when no other process uses it
+    print(summary, file=sys.stderr)
+    if failed:
+        print("failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        sys.exit(1)

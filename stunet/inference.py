@@ -1,0 +1,255 @@
+"""Sliding-window segmentation with STU-Nets, on nnU-Net's preprocessing and geometry, in bounded memory.
+
+Same result as nnU-Net's predictor, computed in another order. nnU-Net blends the *logits* of every tile (one channel
+per class) with a Gaussian over the whole image, resamples all class channels to the original grid and takes the
+argmax. The segmentation head (a 1×1 convolution) and linear resampling are both linear, so blending and resampling
+the *features* that feed the head, and applying the head afterwards, gives the same logits:
+
+    blend(head(f_i)) = head(blend(f_i)),    resample(head(f)) = head(resample(f))
+
+The features have 16 (S) to 96 (H) channels whatever the number of classes, the head runs once per output voxel
+instead of once per voxel of every overlapping tile, and the last steps (resampling, head, argmax) run in chunks of
+output slices. Memory therefore grows with the image and the network, not with classes × voxels.
+
+Reused from nnU-Net: image reading and writing (the plans' reader), preprocessing (cropping, resampling,
+normalisation), tile positions, the Gaussian, padding, mirroring axes, the label manager, the resampling rules.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from stunet.checkpoint import load_checkpoint
+from stunet.network import STUNet
+from stunet.resample import axis_orders, resample_chunks
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Model:
+    """What a prediction needs: networks (one per fold), nnU-Net's plans for one configuration, and the labels."""
+
+    networks: list[STUNet]
+    plans: dict
+    configuration: str
+    dataset_json: dict
+    mirror_axes: tuple[int, ...] | None = None
+    description: str = ""
+    plans_manager: PlansManager = field(init=False)
+
+    def __post_init__(self):
+        self.plans_manager = PlansManager(self.plans)
+        self.configuration_manager = self.plans_manager.get_configuration(self.configuration)
+        self.label_manager = self.plans_manager.get_label_manager(self.dataset_json)
+        self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                               self.dataset_json)
+        for network in self.networks:
+            network.eval()
+            network.deep_supervision = False
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        labels = self.dataset_json["labels"]
+        return {int(v): k for k, v in labels.items() if isinstance(v, int) and k != "ignore"}
+
+
+def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configuration: str, dataset_json: dict):
+    from stunet.nnunet_plugins import stunet_trainers
+
+    trainer = getattr(stunet_trainers, trainer_name, None)
+    if trainer is None:  # a user's subclass in their own trainer folder
+        from stunet.nnunet_env import with_trainer_folder
+        import os
+        os.environ.update(with_trainer_folder(os.environ))
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        trainer = recursive_find_trainer_class_by_name(trainer_name)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    network = trainer.build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, False)
+    if not isinstance(network, STUNet):
+        raise ValueError(f"the model was trained with {trainer_name}, whose network is not an STU-Net; predict with "
+                         f"nnUNetv2_predict_from_modelfolder instead")
+    return network
+
+
+def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
+                      checkpoint_name: str = "checkpoint_final.pth", trust: bool = False) -> Model:
+    """An nnU-Net v2 trained model folder (plans.json, dataset.json, fold_*/checkpoint)."""
+    folder = Path(folder)
+    for required in ("plans.json", "dataset.json"):
+        if not (folder / required).is_file():
+            raise FileNotFoundError(f"{folder}: not an nnU-Net model folder (no {required}); give the folder that "
+                                    f"holds plans.json, dataset.json and fold_*/")
+    if not folds:
+        folds = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint_name).is_file())
+        if not folds:
+            raise FileNotFoundError(f"{folder}: no fold_*/{checkpoint_name}; train a fold first or pass "
+                                    f"--checkpoint-name")
+    plans = json.loads((folder / "plans.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans_manager = PlansManager(plans)
+    networks, configuration, mirror_axes, trainer_name = [], None, None, None
+    for fold in folds:
+        checkpoint = load_checkpoint(folder / f"fold_{fold}" / checkpoint_name, trust=trust)
+        if configuration is None:
+            configuration, trainer_name = checkpoint.configuration, checkpoint.trainer_name
+            mirror_axes = checkpoint.mirroring_axes
+        network = _build_from_trainer(trainer_name, plans_manager, configuration, dataset_json)
+        network.load_state_dict(checkpoint.state_dict)
+        networks.append(network)
+    return Model(networks, plans, configuration, dataset_json, mirror_axes,
+                 f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})")
+
+
+def load_pretrained(name: str, checkpoint: str | Path, trust: bool = False) -> Model:
+    """A released model (see stunet.pretrained) from its checkpoint file, with no nnU-Net folders involved."""
+    from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
+    from stunet.pretrained import get_pretrained_config
+    from stunet.registry import create_model
+
+    config = get_pretrained_config(name)
+    network = create_model(config["model"], pretrained=str(checkpoint), trust_checkpoint=trust,
+                           deep_supervision=False)
+    plans = plans_for_pretrained(config, dataset_name=config["name"])
+    return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
+                 f"{config['name']} from {checkpoint}")
+
+
+class Predictor:
+    """Segments images with a :class:`Model`."""
+
+    def __init__(self, model: Model, device: str | torch.device = "cpu", step_size: float = 0.5,
+                 mirroring: bool = True, precision: str = "auto", chunk_slices: int = 8):
+        self.model = model
+        self.device = torch.device(device)
+        self.step_size = step_size
+        self.mirror_axes = model.mirror_axes if mirroring else None
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.autocast_dtype = PRECISIONS[precision]
+        self.chunk_slices = chunk_slices
+        for network in model.networks:
+            network.to(self.device)
+
+    # -- reading and preprocessing (nnU-Net's) ----------------------------------------------------------------
+    def read(self, files: Sequence[str | Path]) -> tuple[np.ndarray, dict]:
+        reader = self.model.plans_manager.image_reader_writer_class()
+        return reader.read_images([str(f) for f in files])
+
+    def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
+        cm = self.model.configuration_manager
+        preprocessor = cm.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(image, None, properties, self.model.plans_manager, cm,
+                                                        self.model.dataset_json)
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties
+
+    # -- sliding window over features ---------------------------------------------------------------------------
+    def _features(self, network: STUNet, tile: torch.Tensor) -> torch.Tensor:
+        """The last decoder stage's features for a tile, averaged over the mirrorings (the head is linear)."""
+        combos = [()]
+        if self.mirror_axes:
+            axes = [a + 2 for a in self.mirror_axes]
+            combos += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        total = None
+        for axes in combos:
+            x = torch.flip(tile, axes) if axes else tile
+            f = network.decode(x, all_stages=False)[0]
+            f = torch.flip(f, axes) if axes else f
+            total = f.float() if total is None else total.add_(f.float())
+        return total.div_(len(combos)) if len(combos) > 1 else total
+
+    @torch.inference_mode()
+    def blended_features(self, data: torch.Tensor, progress: Callable[[int], None] | None = None,
+                         on_start: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Gaussian-blended last-stage features of each network over the whole (preprocessed) image."""
+        patch = list(self.model.configuration_manager.patch_size)
+        padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        spatial = padded.shape[1:]
+        two_d = len(patch) < len(spatial)
+        steps = compute_steps_for_sliding_window(spatial[1:] if two_d else spatial, patch, self.step_size)
+        tiles = [((z,) if two_d else ()) + tuple(slice(s, s + p) for s, p in zip(starts, patch))
+                 for z in (range(spatial[0]) if two_d else [None]) for starts in itertools.product(*steps)]
+        if on_start:
+            on_start(len(tiles))
+        gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
+                                    device=self.device)
+        result_device = self.device
+        widths = [n.config.widths[0] for n in self.model.networks]
+        try:
+            canvases = [torch.zeros((w, *spatial), dtype=torch.float32, device=result_device) for w in widths]
+            weights = torch.zeros(spatial, dtype=torch.float32, device=result_device)
+        except torch.cuda.OutOfMemoryError:
+            result_device = torch.device("cpu")
+            canvases = [torch.zeros((w, *spatial), dtype=torch.float32) for w in widths]
+            weights = torch.zeros(spatial, dtype=torch.float32)
+            gaussian = gaussian.cpu()
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
+        for tile in tiles:
+            x = padded[(slice(None), *tile)].unsqueeze(0).to(self.device)  # a 2D tile's slice index drops its axis
+            for network, canvas in zip(self.model.networks, canvases):
+                with autocast or torch.autocast(self.device.type, enabled=False):
+                    f = self._features(network, x)[0]
+                canvas[(slice(None), *tile)].addcmul_(f.to(result_device), gaussian)
+            weights[tile].add_(gaussian)
+            if progress:
+                progress(1)
+        for canvas in canvases:
+            canvas.div_(weights)
+        return [c[(slice(None), *revert[1:])] for c in canvases]
+
+    # -- back to the original grid ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def segment(self, features: list[torch.Tensor], properties: dict, lookup: torch.Tensor | None = None,
+                probabilities_of: list[list[int]] | None = None):
+        """Label map (original geometry, before writing) and optionally probabilities, from blended features.
+
+        ``lookup`` maps model classes to output labels; ``probabilities_of`` lists, per output label, the model
+        classes whose probabilities add up to it.
+        """
+        pm, cm, lm = self.model.plans_manager, self.model.configuration_manager, self.model.label_manager
+        new_shape = properties["shape_after_cropping_and_before_resampling"]
+        new_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
+        current_spacing = cm.spacing if len(cm.spacing) == len(new_shape) else [new_spacing[0], *cm.spacing]
+        orders = axis_orders(current_spacing, new_spacing, cm.configuration.get(
+            "resampling_fn_probabilities_kwargs", {}))
+        max_label = int(lookup.max()) if lookup is not None else max(lm.all_labels)
+        dtype = np.uint8 if max_label < 256 else np.uint16 if max_label < 65536 else np.int32
+        seg = np.zeros(new_shape, dtype=dtype)
+        probs = np.zeros((len(probabilities_of), *new_shape), dtype=np.float16) if probabilities_of else None
+        chunks = [resample_chunks(f, new_shape, orders, self.chunk_slices) for f in features]
+        for parts in zip(*chunks):
+            rows = parts[0][0]
+            logits = sum(n.head(p[None].to(next(n.parameters()).device))[0].float()
+                         for n, (_, p) in zip(self.model.networks, parts)) / len(parts)
+            if probabilities_of is not None:
+                classes = lm.apply_inference_nonlin(logits)
+                labels = lm.convert_probabilities_to_segmentation(classes)
+                for i, members in enumerate(probabilities_of):
+                    probs[i, rows] = classes[members].sum(0).cpu().numpy()
+            else:
+                labels = lm.convert_logits_to_segmentation(logits)
+            labels = torch.as_tensor(labels)
+            if lookup is not None:
+                labels = lookup.to(labels.device)[labels.long()]
+            seg[rows] = labels.cpu().numpy()
+        full = insert_crop_into_image(np.zeros(properties["shape_before_cropping"], dtype=dtype), seg,
+                                      properties["bbox_used_for_cropping"]).transpose(pm.transpose_backward)
+        if probs is not None:
+            holder = np.zeros((probs.shape[0], *properties["shape_before_cropping"]), dtype=np.float16)
+            holder[(slice(None), *[slice(a, b) for a, b in properties["bbox_used_for_cropping"]])] = probs
+            probs = holder.transpose([0] + [i + 1 for i in pm.transpose_backward])
+        return full, probs

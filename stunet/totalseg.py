@@ -1,0 +1,117 @@
+"""TotalSegmentator-layout datasets to nnU-Net v2 raw datasets with one multi-label map per case.
+
+Layout read: ``SOURCE/<subject>/ct.nii.gz`` and ``SOURCE/<subject>/segmentations/<structure>.nii.gz`` (one binary mask
+per structure), and ``SOURCE/meta.csv`` (``;``-separated, columns ``image_id`` and ``split``) when present: subjects
+of the ``test`` split go to imagesTs/labelsTs, the others to imagesTr/labelsTr, and ``official_split.json`` records
+train/val/test.
+
+Labels: the released STU-Nets' 105-class order (``totalseg104``, their pretrained configs' labels) or TotalSegmentator
+v2's 117 classes (``totalseg_v2_117``). A structure without a mask file becomes background, with a warning.
+Overlapping masks: the smaller structure (fewer voxels in that subject) wins; overlaps are boundary disagreements,
+where a small structure loses proportionally more than a large one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from stunet.pretrained import get_pretrained_config, label_names
+
+OVERLAP_RULE = "where masks overlap, the smaller structure (fewer voxels in that subject) wins"
+
+
+def label_order(name: str) -> dict[int, str]:
+    if name == "totalseg104":
+        return label_names(get_pretrained_config("stunet_small.totalseg104"))
+    if name == "totalseg_v2_117":
+        data = json.loads(resources.files("stunet").joinpath("totalseg_v2_labels.json").read_text())
+        return {int(k): v for k, v in data["labels"].items()}
+    raise ValueError(f"unknown label order {name!r}; known: totalseg104, totalseg_v2_117")
+
+
+def read_split(source: Path) -> dict[str, str]:
+    """subject -> 'train' | 'val' | 'test' from meta.csv, or {} without one."""
+    meta = source / "meta.csv"
+    if not meta.is_file():
+        return {}
+    with open(meta, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=";"))
+    if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
+        raise ValueError(f"{meta}: expected ';'-separated columns image_id and split")
+    return {row["image_id"].strip(): row["split"].strip() for row in rows}
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, label_out: Path) -> list[str]:
+    """Write one case; returns the structures that had no mask."""
+    ct_path = subject / "ct.nii.gz"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(ct_path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    masks, missing = [], []
+    for index, name in labels.items():
+        if index == 0:
+            continue
+        path = subject / "segmentations" / f"{name}.nii.gz"
+        if not path.is_file():
+            missing.append(name)
+            continue
+        mask = sitk.ReadImage(str(path))
+        if mask.GetSize() != size:
+            raise ValueError(f"{path}: size {mask.GetSize()} differs from its ct.nii.gz ({size})")
+        array = sitk.GetArrayViewFromImage(mask) > 0
+        masks.append((int(array.sum()), index, array))
+    label_map = np.zeros(size[::-1], dtype=np.uint8 if max(labels) < 256 else np.uint16)
+    for _, index, array in sorted(masks, key=lambda m: -m[0]):  # largest first: smaller structures overwrite
+        label_map[array] = index
+    seg = sitk.GetImageFromArray(label_map)
+    seg.SetSpacing(reader.GetSpacing()), seg.SetOrigin(reader.GetOrigin()), seg.SetDirection(reader.GetDirection())
+    _atomic(label_out, lambda tmp: sitk.WriteImage(seg, tmp, useCompression=True))
+    _atomic(image_out, lambda tmp: shutil.copyfile(ct_path, tmp))  # last: its presence marks the case as done
+    return missing
+
+
+def plan_conversion(source: Path, folder: Path) -> list[tuple[Path, Path, Path]]:
+    """(subject folder, image output, label output) for every subject, by the official split."""
+    split = read_split(source)
+    subjects = sorted(p for p in source.iterdir() if p.is_dir() and (p / "ct.nii.gz").is_file())
+    if not subjects:
+        raise ValueError(f"{source}: no <subject>/ct.nii.gz folders; expected the TotalSegmentator layout")
+    jobs = []
+    for subject in subjects:
+        part = "Ts" if split.get(subject.name) == "test" else "Tr"
+        jobs.append((subject, folder / f"images{part}" / f"{subject.name}_0000.nii.gz",
+                     folder / f"labels{part}" / f"{subject.name}.nii.gz"))
+    return jobs
+
+
+def write_dataset_files(source: Path, folder: Path, labels: dict[int, str], order: str, jobs) -> None:
+    split = read_split(source)
+    train = [s.name for s, image, _ in jobs if image.parent.name == "imagesTr"]
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {name: index for index, name in labels.items()},
+        "numTraining": len(train), "file_ending": ".nii.gz", "name": folder.name,
+        "description": f"converted from {source} by stunet-totalseg: label order {order}; {OVERLAP_RULE}; "
+                       f"structures without a mask are background"}, indent=2))
+    if split:
+        (folder / "official_split.json").write_text(json.dumps(
+            {part: sorted(s for s, p in split.items() if p == part) for part in ("train", "val", "test")}, indent=2))

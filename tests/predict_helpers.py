@@ -1,0 +1,79 @@
+"""A small STU-Net model folder and images with awkward geometry, for stunet-predict tests."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from stunet.nnunet_plans import CONFIGURATION, plans_for_pretrained
+from stunet.nnunet_plugins.stunet_trainers import STUNetTrainer_small
+from stunet.pretrained import get_pretrained_config
+from stunet.synthetic import _rotation, make_case
+
+LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4}
+
+
+def make_model_folder(folder: Path, channels: int = 1, labels: dict = LABELS, seed: int = 0) -> Path:
+    """An nnU-Net model folder (fold 0) of STUNetTrainer_small with 16×32×32 patches at 1.5 mm and random weights
+    whose heads are scaled up, so that its logits rarely tie."""
+    template = get_pretrained_config("stunet_small.totalseg104")
+    config = {**template, "preprocessing": {**template["preprocessing"], "patch_size": [16, 32, 32]}}
+    plans = plans_for_pretrained(config, "Dataset999_Test", num_channels=channels)
+    dataset_json = {"channel_names": {str(c): f"channel{c}" for c in range(channels)}, "labels": labels,
+                    "numTraining": 0, "file_ending": ".nii.gz"}
+    pm = PlansManager(plans)
+    torch.manual_seed(seed)
+    net = STUNetTrainer_small.build_network_architecture(pm, pm.get_configuration(CONFIGURATION), channels,
+                                                         len(labels), False)
+    with torch.no_grad():
+        for head in net.seg_outputs:
+            head.weight.mul_(20)
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    torch.save({"network_weights": net.state_dict(), "trainer_name": "STUNetTrainer_small",
+                "init_args": {"configuration": CONFIGURATION}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(0.8, 0.95, 3.2), seed: int = 0) -> sitk.Image:
+    """An oblique, anisotropic, non-RAS image (array axes z, y, x; spacing x, y, z)."""
+    rng = np.random.default_rng(seed)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(tuple(rng.uniform(-200, 200, 3)))
+    flips = np.diag([1, -1, 1])  # a left-handed, LPS-unlike orientation
+    image.SetDirection(tuple((_rotation(rng, np.deg2rad(25)) @ flips).ravel()))
+    sitk.WriteImage(image, str(path))
+    return image
+
+
+def write_cases(folder: Path, n: int, channels: int = 1, shape=(14, 40, 36)) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(n):
+        images, _ = make_case(rng, shape, channels)
+        for c, img in enumerate(images):
+            write_image(folder / f"case{i}_{c:04d}.nii.gz", img, seed=i)
+        names.append(f"case{i}")
+    return names
+
+
+def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "stunet-predict"
+    done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"stunet-predict failed:\n{done.stderr[-3000:]}")
+    return done
+
+
+def labels_of(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

@@ -1,0 +1,168 @@
+"""stunet-predict: geometry, agreement with nnU-Net's predictor, label subsets and maps, parts, resume, failures."""
+import gzip
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_helpers import assert_same_geometry
+from predict_helpers import labels_of, make_model_folder, predict, write_cases, write_image
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def predicted(model, tmp_path_factory):
+    """Three oblique anisotropic cases predicted once (with mirroring) with probabilities."""
+    root = tmp_path_factory.mktemp("cases")
+    names = write_cases(root / "in", 3)
+    predict("-i", root / "in", "-o", root / "out", "-m", model, "--save-probabilities")
+    return root, names
+
+
+def test_outputs_keep_the_input_geometry(predicted):
+    root, names = predicted
+    for name in names:
+        assert_same_geometry(root / "out" / f"{name}.nii.gz", root / "in" / f"{name}_0000.nii.gz")
+        assert sitk.ReadImage(str(root / "out" / f"{name}.nii.gz")).GetPixelID() == sitk.sitkUInt8
+    assert json.loads((root / "out" / "labels.json").read_text())["3"] == "kidney_left"
+    assert not (root / "out" / ".stunet-partial").exists()
+
+
+def test_agrees_with_nnunets_predictor(model, predicted):
+    """Blending features instead of logits gives nnU-Net's segmentation (its logits are accumulated in fp16)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    root, names = predicted
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=True, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    out = root / "nnunet"
+    predictor.predict_from_files([[str(root / "in" / f"{n}_0000.nii.gz")] for n in names],
+                                 [str(out / n) for n in names], save_probabilities=False, overwrite=True,
+                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    for name in names:
+        ours, theirs = labels_of(root / "out" / f"{name}.nii.gz"), labels_of(out / f"{name}.nii.gz")
+        assert (ours == theirs).mean() > 0.999
+        assert len(np.unique(theirs)) >= 3  # a non-trivial label map
+
+
+def test_probabilities_match_the_label_map(predicted):
+    root, names = predicted
+    npz = np.load(root / "out" / f"{names[0]}.npz")
+    seg = labels_of(root / "out" / f"{names[0]}.nii.gz")
+    assert npz["probabilities"].shape == (5, *seg.shape) and list(npz["labels"])[3] == "kidney_left"
+    assert (npz["probabilities"].astype(np.float32).argmax(0) == seg).mean() > 0.999
+
+
+def test_label_subset_and_downstream_map(model, predicted, tmp_path):
+    root, names = predicted
+    full = labels_of(root / "out" / f"{names[0]}.nii.gz")
+    predict("-i", root / "in", "-o", tmp_path / "subset", "-m", model, "--labels", "Spleen,kidney_left")
+    subset = labels_of(tmp_path / "subset" / f"{names[0]}.nii.gz")
+    np.testing.assert_array_equal(subset, np.where(np.isin(full, [2, 3]), full, 0))
+    predict("-i", root / "in", "-o", tmp_path / "mapped", "-m", model, "--label-map", "kidneys_merged")
+    mapped = labels_of(tmp_path / "mapped" / f"{names[0]}.nii.gz")
+    np.testing.assert_array_equal(mapped, np.isin(full, [3, 4]).astype(np.uint8))
+    assert json.loads((tmp_path / "mapped" / "labels.json").read_text()) == {"0": "background", "1": "kidney"}
+    custom = tmp_path / "organs.json"
+    custom.write_text(json.dumps({"labels": {"1": {"name": "Spleen", "from": ["spleen"]},
+                                             "2": {"name": "abdomen", "from": ["liver", "kidney_left"]}}}))
+    predict("-i", root / "in", "-o", tmp_path / "custom", "-m", model, "--label-map", custom)
+    np.testing.assert_array_equal(labels_of(tmp_path / "custom" / f"{names[0]}.nii.gz"),
+                                  np.select([full == 2, np.isin(full, [1, 3])], [1, 2], 0))
+    done = predict("-i", root / "in", "-o", tmp_path / "x", "-m", model, "--labels", "pancreas", check=False)
+    assert done.returncode == 1 and "pancreas not among the output labels" in done.stderr
+
+
+def test_parts_resume_and_overwrite(model, predicted, tmp_path):
+    root, names = predicted
+    out = tmp_path / "out"
+    predict("-i", root / "in", "-o", out, "-m", model, "--num-parts", "2", "--part-id", "1", "--disable-tta")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{names[1]}.nii.gz"]
+    predict("-i", root / "in", "-o", out, "-m", model, "--num-parts", "2", "--part-id", "0", "--disable-tta")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{n}.nii.gz" for n in names)
+    first = out / f"{names[0]}.nii.gz"
+    os.utime(first, (1, 1))
+    done = predict("-i", root / "in", "-o", out, "-m", model, "--disable-tta")
+    assert "0 predicted, 3 skipped" in done.stderr and first.stat().st_mtime == 1
+    predict("-i", root / "in", "-o", out, "-m", model, "--disable-tta", "--overwrite")
+    assert first.stat().st_mtime > 1
+
+
+def test_single_file_in_and_out(model, predicted, tmp_path):
+    root, names = predicted
+    source = root / "in" / f"{names[2]}_0000.nii.gz"
+    predict("-i", source, "-o", tmp_path / "seg.nii.gz", "-m", model)
+    np.testing.assert_array_equal(labels_of(tmp_path / "seg.nii.gz"), labels_of(root / "out" / f"{names[2]}.nii.gz"))
+
+
+def _broken_inputs(folder, good_case):
+    folder.mkdir()
+    (folder / f"good_0000.nii.gz").write_bytes(good_case.read_bytes())
+    data = good_case.read_bytes()
+    (folder / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
+    (folder / "text_0000.nii.gz").write_bytes(gzip.compress(b"this is not an image"))
+    (folder / "plain_0000.nii.gz").write_text("not even gzip")
+    four_d = sitk.JoinSeries([sitk.ReadImage(str(good_case))] * 2)
+    sitk.WriteImage(four_d, str(folder / "fourd_0000.nii.gz"))
+    write_image(folder / "nan_0000.nii.gz", np.full((10, 20, 20), np.nan, np.float32))
+    return {"truncated", "text", "plain", "fourd", "nan"}
+
+
+def test_bad_inputs_fail_alone_with_the_file_named(model, predicted, tmp_path):
+    root, names = predicted
+    bad = _broken_inputs(tmp_path / "in", root / "in" / f"{names[0]}_0000.nii.gz")
+    done = predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--disable-tta", check=False)
+    assert done.returncode == 1
+    assert "1 predicted, 0 skipped (output exists; --overwrite to redo), 5 failed" in done.stderr
+    failures = done.stderr.split("failed:\n")[1].strip().splitlines()
+    assert len(failures) == len(bad)
+    for name in bad:
+        line = next(f for f in failures if f"{name}_0000.nii.gz" in f)
+        assert str(tmp_path / "in") in line
+    assert "4D image" in next(f for f in failures if "fourd" in f)
+    assert "empty or all-NaN" in next(f for f in failures if "nan_" in f)
+    assert "truncated gzip" in next(f for f in failures if "truncated" in f)
+    assert "Unable to determine ImageIO reader" in next(f for f in failures if "text_" in f)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]
+
+
+def test_wrong_number_of_channel_files(tmp_path):
+    model = make_model_folder(tmp_path / "model2ch", channels=2)
+    write_cases(tmp_path / "in", 2, channels=2)
+    (tmp_path / "in" / "case1_0001.nii.gz").unlink()
+    done = predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--disable-tta", check=False)
+    assert done.returncode == 1 and "1 predicted" in done.stderr
+    assert "case1_0000.nii.gz: the model takes 2 channel file(s) (case1_0000, case1_0001); found case1_0000" in \
+        done.stderr
+
+
+def test_refuses_to_write_into_the_input_folder(model, predicted):
+    root, _ = predicted
+    done = predict("-i", root / "in", "-o", root / "in", "-m", model, check=False)
+    assert done.returncode == 2 and "is the input folder" in done.stderr
+
+
+def test_interrupted_write_leaves_no_output(model, predicted, tmp_path, monkeypatch):
+    """A crash while writing (here: the writer dies half-way) leaves neither the output nor a visible temp file."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from stunet.cli import predict as cli
+
+    root, names = predicted
+
+    def dying_write(self, seg, path, properties):
+        open(path, "wb").write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimpleITKIO, "write_seg", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["-i", str(root / "in"), "-o", str(tmp_path / "out"), "-m", str(model), "--disable-tta"])
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "labels.json"]
+    assert leftovers == []
