@@ -21,9 +21,14 @@ from the plans: see :mod:`stunet.nnunet_network`), and ``-pretrained_weights FIL
 pretraining: ``STUNetTrainer_<size>_mirroronly_ep4k``); ``_quick`` 5 epochs × 20 iterations (small datasets and demos
 on a CPU); ``_smoke`` 2 epochs × 5 iterations (checks that a pipeline runs).
 
-Options for any of them, through the environment (nnUNetv2_train has no flags of ours): ``STUNET_LABEL_MAP`` (a label
-map name or JSON file matching downstream labels to pretrained classes, see :mod:`stunet.labels`) and
-``STUNET_TRUST_CHECKPOINT=1`` (unpickle ``-pretrained_weights`` with full trust).
+Options for any of them, through the environment (nnUNetv2_train has no flags of ours):
+
+- ``STUNET_ACTIVATION_CHECKPOINTING=stage|block``: recompute activations in the backward pass (less memory, about a
+  third more compute), per stage or per residual block;
+- ``STUNET_PRECISION=bf16``: bfloat16 mixed precision on CUDA instead of nnU-Net's float16 with a GradScaler;
+- ``STUNET_LABEL_MAP``: a label map name or JSON file matching downstream labels to pretrained classes (see
+  :mod:`stunet.labels`);
+- ``STUNET_TRUST_CHECKPOINT=1``: unpickle ``-pretrained_weights`` with full trust.
 """
 import os
 
@@ -62,14 +67,24 @@ class STUNetTrainer(nnUNetTrainer):
             setattr(self, name, value)
         if self.device.type == "cpu":
             reuse_freed_memory()  # about twice as fast on CPUs, see stunet.cpu_memory
+        precision = os.environ.get("STUNET_PRECISION", "fp16")
+        if precision not in ("fp16", "bf16"):
+            raise ValueError(f"STUNET_PRECISION must be fp16 or bf16, got {precision!r}")
+        if precision == "bf16" and self.device.type == "cuda":
+            torch.set_autocast_dtype("cuda", torch.bfloat16)  # nnU-Net's autocast contexts take the default dtype
+            self.grad_scaler = None  # bfloat16 has float32's range: no loss scaling
         self.pretrained_report = None
         route_pretrained_loading(self)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
+        checkpointing = os.environ.get("STUNET_ACTIVATION_CHECKPOINTING", "")
+        if checkpointing not in ("", "0", "stage", "block", "1"):
+            raise ValueError(f"STUNET_ACTIVATION_CHECKPOINTING must be stage or block, got {checkpointing!r}")
+        mode = {"": False, "0": False, "1": "stage"}.get(checkpointing, checkpointing)
         return build_for_configuration(cls.model_name, configuration_manager, num_input_channels,
-                                       num_output_channels, enable_deep_supervision)
+                                       num_output_channels, enable_deep_supervision, activation_checkpointing=mode)
 
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:

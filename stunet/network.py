@@ -24,12 +24,13 @@ class STUNet(nn.Module):
 
     Args mirror :class:`~stunet.config.STUNetConfig`. ``deep_supervision`` makes ``forward`` return one logit map per
     decoder stage, highest resolution first; nnU-Net toggles it through ``network.decoder.deep_supervision``.
-    ``activation_checkpointing`` recomputes each stage's activations in the backward pass instead of storing them.
+    ``activation_checkpointing`` recomputes activations in the backward pass instead of storing them: ``"stage"``
+    (or True) per stage, ``"block"`` per residual block (less memory, the same extra compute of one forward pass).
     """
 
     def __init__(self, in_channels: int, num_classes: int, depths: Sequence[int], widths: Sequence[int],
                  strides: Sequence[IntOrSeq], kernel_sizes: Union[int, Sequence[IntOrSeq]] = 3,
-                 deep_supervision: bool = True, activation_checkpointing: bool = False):
+                 deep_supervision: bool = True, activation_checkpointing: bool | str = False):
         super().__init__()
         cfg = STUNetConfig(in_channels, num_classes, depths, widths, strides, kernel_sizes)
         self.config = cfg
@@ -54,10 +55,17 @@ class STUNet(nn.Module):
         """nnU-Net switches deep supervision with ``network.decoder.deep_supervision = flag``; the flag lives here."""
         return self
 
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.activation_checkpointing and torch.is_grad_enabled() and x.requires_grad:
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+    def _run(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        mode = self.activation_checkpointing
+        if not mode or not torch.is_grad_enabled():
+            return stage(x)
+        if mode == "block":
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        if mode not in (True, "stage"):
+            raise ValueError(f"activation_checkpointing must be False, True, 'stage' or 'block', got {mode!r}")
+        return checkpoint(stage, x, use_reentrant=False)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming the problem if ``x`` cannot pass through this network."""

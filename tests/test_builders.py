@@ -94,15 +94,16 @@ def test_activation_checkpointing_gives_identical_loss_and_gradients():
     model = stunet.create_model("stunet_small", num_classes=3, strides=[2, 2], **TINY)
     x = torch.randn(2, 1, 8, 8, 8)
     results = []
-    for flag in (False, True):
+    for flag in (False, "stage", "block"):
         model.zero_grad()
         model.activation_checkpointing = flag
         loss = sum(o.square().mean() for o in model(x))
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=0, atol=0)
+        for a, b in zip(grads, results[0][1]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_activation_estimate_matches_real_saved_tensors():
@@ -120,5 +121,6 @@ def test_activation_estimate_matches_real_saved_tensors():
         model(torch.randn(1, 1, 16, 16, 16))
     estimate = measure(model.config, (16, 16, 16)).activation_bytes
     assert estimate == pytest.approx(sum(stored.values()), rel=0.05)
-    with_ckpt = measure(model.config, (16, 16, 16), activation_checkpointing=True).activation_bytes
-    assert with_ckpt < estimate / 2
+    per_stage = measure(model.config, (16, 16, 16), activation_checkpointing="stage").activation_bytes
+    per_block = measure(model.config, (16, 16, 16), activation_checkpointing="block").activation_bytes
+    assert per_block <= per_stage < estimate

@@ -100,3 +100,15 @@ def test_trainers_found_by_nnunet_in_a_fresh_interpreter():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].endswith("nnunet_plugins")
     assert "STUNetTrainer_huge_quick" in out.stdout.split()
+
+
+@pytest.mark.parametrize("value, mode", [("block", "block"), ("stage", "stage"), ("1", "stage"), ("", False)])
+def test_activation_checkpointing_is_selected_through_the_environment(monkeypatch, value, mode):
+    monkeypatch.setenv("STUNET_ACTIVATION_CHECKPOINTING", value)
+    config = SimpleNamespace(pool_op_kernel_sizes=[[1, 1, 1]] + [[2, 2, 2]] * 5)
+    with torch.device("meta"):
+        net = stunet_trainers.STUNetTrainer_large.build_network_architecture(None, config, 1, 3, True)
+    assert net.activation_checkpointing == mode
+    monkeypatch.setenv("STUNET_ACTIVATION_CHECKPOINTING", "everything")
+    with pytest.raises(ValueError, match="stage or block"):
+        stunet_trainers.STUNetTrainer_large.build_network_architecture(None, config, 1, 3, True)

@@ -15,7 +15,7 @@ def _row(name: str, args) -> list[str]:
     strides = [[2] * len(args.patch_size)] * 5
     with torch.device("meta"):
         config = create_model(name, in_channels=args.in_channels, num_classes=args.num_classes, strides=strides).config
-    c = measure(config, args.patch_size, activation_checkpointing=args.checkpointing)
+    c = measure(config, args.patch_size, activation_checkpointing=args.checkpointing or False)
     return [name, f"{c.parameters / 1e6:.2f}M", f"{c.macs / 1e9:.1f}", f"{c.activation_bytes / GIB:.2f}",
             f"{c.training_bytes(args.batch_size) / GIB:.1f}"]
 
@@ -31,7 +31,8 @@ def main(argv=None) -> None:
     parser.add_argument("-b", "--batch-size", type=int, default=2, help="batch size for the memory total (default 2)")
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=105)
-    parser.add_argument("--checkpointing", action="store_true", help="with activation checkpointing per stage")
+    parser.add_argument("--checkpointing", nargs="?", const="stage", choices=["stage", "block"],
+                        help="with activation checkpointing per stage (default) or per residual block")
     parser.add_argument("--csv", action="store_true", help="comma-separated output instead of a markdown table")
     args = parser.parse_args(argv)
     names = list_models() if args.models == ["all"] else args.models
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
         print("\n".join(",".join(r) for r in rows))
         return
     print(f"patch {patch}, {args.in_channels} input channel(s), {args.num_classes} classes"
-          + (", activation checkpointing" if args.checkpointing else ""))
+          + (f", activation checkpointing per {args.checkpointing}" if args.checkpointing else ""))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -1,0 +1,208 @@
+"""Forward and training-step speed and memory of the STU-Net sizes, against the matmul peak of the same machine.
+
+    python benchmarks/forward.py                       # CPU: small patches, all sizes (about 15 minutes, 2 cores)
+    python benchmarks/forward.py --device cuda         # GPU: 128³ and 96³, fp16 and bf16 (records device, versions)
+    python benchmarks/forward.py --quick               # one configuration, for a smoke run
+
+Each configuration runs in a fresh process: median time of --repeats runs after --warmup runs, of (a) an inference
+forward pass and (b) a training step (forward with deep supervision, backward, SGD step); peak memory (CUDA: max
+allocated; CPU: the process's peak RSS less its RSS before the model was built). Achieved FLOP/s: 2 × convolution MACs
+(forward; 3× that for a training step) per second, as a fraction of a float32 (CUDA: bf16) matrix-multiply peak
+measured at the start of the same run. Also measured, on the CPU: glibc's page-zeroing cost that
+stunet.cpu_memory.reuse_freed_memory removes, and 1×1 convolutions as oneDNN convolutions vs. batched matmuls.
+Writes results/forward_<device>.md and .csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    """FLOP/s of a square matrix product, the best of a few runs."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = min(_timed(lambda: a @ b, device, 2, 5) for _ in range(2))
+    return 2 * size ** 3 / seconds
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_one(spec: dict) -> dict:
+    """One configuration, in this (fresh) process."""
+    import stunet
+    from stunet.complexity import measure
+    from stunet.cpu_memory import reuse_freed_memory
+
+    device = torch.device(spec["device"])
+    if spec.get("reuse_memory", True) and device.type == "cpu":
+        reuse_freed_memory()
+    torch.manual_seed(0)
+    baseline = _rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = stunet.create_model(spec["model"], num_classes=105, activation_checkpointing=spec.get("checkpointing",
+                                                                                                  False)).to(device)
+    x = torch.randn(spec["batch"], 1, *spec["patch"], device=device)
+    dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[spec["precision"]]
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else (
+        lambda: torch.autocast(device.type, enabled=False))
+    if spec["mode"] == "forward":
+        model.eval().deep_supervision = False
+
+        def step():
+            with torch.inference_mode(), autocast():
+                model(x)
+    else:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), 1e-3, momentum=0.99, nesterov=True)
+
+        def step():
+            with autocast():
+                loss = sum(o.float().mean() for o in model(x))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    seconds = _timed(step, device, spec["warmup"], spec["repeats"])
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    macs = measure(model.config, spec["patch"]).macs * spec["batch"]
+    flops = 2 * macs * (3 if spec["mode"] == "train" else 1)
+    return {**spec, "seconds": seconds, "peak_bytes": peak, "flops_per_s": flops / seconds}
+
+
+def pointwise_comparison(device: torch.device, warmup: int, repeats: int) -> list[dict]:
+    """The 1×1×1 convolutions of STU-Net-S at 128³: oneDNN/cuDNN conv3d vs. stunet.blocks.pointwise (bmm)."""
+    from stunet.blocks import pointwise
+    rows = []
+    for cin, cout in [(16, 105), (32, 16)]:
+        conv = torch.nn.Conv3d(cin, cout, 1).to(device)
+        x = torch.randn(1, cin, 128, 128, 128, device=device)
+        with torch.inference_mode():
+            t_conv = _timed(lambda: conv(x), device, warmup, repeats)
+            t_mm = _timed(lambda: pointwise(conv, x), device, warmup, repeats)
+        rows.append({"shape": f"{cin}->{cout} at 128³", "conv3d_s": t_conv, "pointwise_s": t_mm})
+    return rows
+
+
+def _child(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {**spec, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def configurations(device: str, quick: bool) -> list[dict]:
+    base = {"device": device, "warmup": 1, "repeats": 3}
+    if quick:
+        return [{**base, "model": "stunet_small", "patch": [64, 64, 64], "batch": 1, "precision": "fp32",
+                 "mode": "forward"}]
+    if device == "cpu":
+        grid = [("stunet_small", [128, 128, 128]), ("stunet_small", [64, 64, 64]), ("stunet_base", [64, 64, 64]),
+                ("stunet_large", [32, 32, 32]), ("stunet_huge", [32, 32, 32])]
+        specs = [{**base, "model": m, "patch": p, "batch": 1, "precision": "fp32", "mode": mode}
+                 for m, p in grid for mode in ("forward", "train")]
+        specs.append({**base, "model": "stunet_small", "patch": [128, 128, 128], "batch": 1, "precision": "fp32",
+                      "mode": "forward", "reuse_memory": False})
+        specs.append({**base, "model": "stunet_small", "patch": [64, 64, 64], "batch": 1, "precision": "bf16",
+                      "mode": "forward"})
+        return specs
+    specs = []
+    for model in ("stunet_small", "stunet_base", "stunet_large", "stunet_huge"):
+        for precision in ("fp16", "bf16"):
+            for mode, checkpointing in (("forward", False), ("train", False), ("train", "block")):
+                specs.append({**base, "model": model, "patch": [128, 128, 128], "batch": 2 if mode == "train" else 1,
+                              "precision": precision, "mode": mode, "checkpointing": checkpointing,
+                              "warmup": 3, "repeats": 10})
+    return specs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return
+    device = torch.device(args.device)
+    peak_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    peak = matmul_peak(device, peak_dtype, 2048 if device.type == "cpu" else 8192)
+    rows = []
+    for spec in configurations(args.device, args.quick):
+        row = _child(spec)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    pointwise = [] if args.quick else pointwise_comparison(device, 1, 3)
+    info = [f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}"
+            f" ({os.cpu_count()} CPU cores), torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}; {time.strftime('%Y-%m-%d')}",
+            f"matrix-multiply peak ({str(peak_dtype).split('.')[-1]}): {peak / 1e9:.1f} GFLOP/s",
+            f"command: python benchmarks/forward.py --device {args.device}" + (" --quick" if args.quick else "")]
+    header = ["model", "patch", "batch", "precision", "mode", "checkpointing", "glibc memory reuse", "time (s)",
+              "GFLOP/s", "% of matmul peak", "peak memory (GiB)"]
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["model"], "x".join(map(str, r["patch"])), str(r["batch"]), r["precision"], r["mode"],
+                          str(r.get("checkpointing") or "-"), "", "failed: " + r["error"][:60], "", "", ""])
+            continue
+        table.append([r["model"], "x".join(map(str, r["patch"])), str(r["batch"]), r["precision"], r["mode"],
+                      str(r.get("checkpointing") or "-"), "yes" if r.get("reuse_memory", True) else "no",
+                      f"{r['seconds']:.3f}", f"{r['flops_per_s'] / 1e9:.1f}", f"{100 * r['flops_per_s'] / peak:.0f}",
+                      f"{r['peak_bytes'] / 2 ** 30:.2f}"])
+    md = "\n".join(info) + "\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(
+        "| " + " | ".join(row) + " |" for row in table)
+    if pointwise:
+        md += ("\n\n1×1×1 convolutions (inference):\n\n| shape | conv3d (s) | batched matmul (s) | speed-up |\n"
+               "|---|---|---|---|\n" + "\n".join(
+                   f"| {p['shape']} | {p['conv3d_s']:.3f} | {p['pointwise_s']:.3f} | "
+                   f"{p['conv3d_s'] / p['pointwise_s']:.2f}× |" for p in pointwise))
+    print("\n" + md)
+    RESULTS.mkdir(exist_ok=True)
+    name = f"forward_{device.type}" + ("_quick" if args.quick else "")
+    (RESULTS / f"{name}.md").write_text(md + "\n")
+    with open(RESULTS / f"{name}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(table)
+
+
+if __name__ == "__main__":
+    main()
