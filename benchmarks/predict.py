@@ -14,7 +14,6 @@ its outputs are confident and structured like a trained model's; cached in --wor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

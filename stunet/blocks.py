@@ -18,8 +18,8 @@ def conv_and_norm(spatial_dims: int):
 def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1×1(×1) convolution as one batched matrix product over the channels.
 
-    Same result as ``conv(x)``; on CPUs it is several times faster than oneDNN's convolution for these shapes, which
-    reorders the channels-first tensors into its blocked layout (measured in benchmarks/forward.py).
+    Same result as ``conv(x)``; on CPUs it was 1.1-3.2x faster than oneDNN's convolution for STU-Net's shapes, which
+    reorders the channels-first tensors into its blocked layout (benchmarks/results/forward_cpu.md).
     """
     stride = conv.stride
     if any(s != 1 for s in stride):

@@ -4,33 +4,16 @@ config."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from stunet.atomic import atomic_write
 from stunet.checkpoint import Checkpoint
 from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
 from stunet.pretrained import get_pretrained_config, label_names, source_labels
 from stunet.transfer import architecture_of, describe
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(temporary_path)``, then rename onto ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def released_config_for(checkpoint: Checkpoint, name: str | None = None) -> dict | None:

@@ -80,6 +80,10 @@ class STUNet(nn.Module):
                 raise ValueError(f"input size {size} along spatial axis {axis} is not divisible by {divisor}, the "
                                  f"network's total stride on that axis; use a patch size that is a multiple of "
                                  f"{divisor} (input shape {tuple(x.shape[2:])}, total stride {cfg.total_stride})")
+        if all(size == divisor for size, divisor in zip(x.shape[2:], cfg.total_stride)):
+            raise ValueError(f"input shape {tuple(x.shape[2:])} leaves a single voxel at the coarsest stage (total "
+                             f"stride {cfg.total_stride}), where instance normalisation has no statistics; use twice "
+                             f"the total stride along at least one axis")
 
     def decode(self, x: torch.Tensor, all_stages: bool) -> list[torch.Tensor]:
         """Decoder stage outputs (the heads' inputs), coarsest first: all of them, or only the last."""

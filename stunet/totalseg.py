@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from stunet.atomic import atomic_write, partial_folder
 from stunet.pretrained import get_pretrained_config, label_names
 
 OVERLAP_RULE = "where masks overlap, the smaller structure (fewer voxels in that subject) wins"
@@ -47,17 +46,6 @@ def read_split(source: Path) -> dict[str, str]:
     if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
         raise ValueError(f"{meta}: expected ';'-separated columns image_id and split")
     return {row["image_id"].strip(): row["split"].strip() for row in rows}
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, label_out: Path) -> list[str]:
@@ -85,8 +73,9 @@ def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, labe
         label_map[array] = index
     seg = sitk.GetImageFromArray(label_map)
     seg.SetSpacing(reader.GetSpacing()), seg.SetOrigin(reader.GetOrigin()), seg.SetDirection(reader.GetDirection())
-    _atomic(label_out, lambda tmp: sitk.WriteImage(seg, tmp, useCompression=True))
-    _atomic(image_out, lambda tmp: shutil.copyfile(ct_path, tmp))  # last: its presence marks the case as done
+    partial = partial_folder(label_out.parent.parent)  # the dataset folder: not listed by nnU-Net
+    atomic_write(label_out, lambda tmp: sitk.WriteImage(seg, str(tmp), useCompression=True), partial)
+    atomic_write(image_out, lambda tmp: shutil.copyfile(ct_path, tmp), partial)  # last: it marks the case as done
     return missing
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_helpers import assert_same_geometry, nnunet_env, run
+from nnunet_helpers import assert_same_geometry, run
 from stunet.synthetic import dice_per_label
 
 DATASET = 990

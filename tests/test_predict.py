@@ -2,7 +2,6 @@
 import gzip
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -105,7 +104,7 @@ def test_single_file_in_and_out(model, predicted, tmp_path):
 
 def _broken_inputs(folder, good_case):
     folder.mkdir()
-    (folder / f"good_0000.nii.gz").write_bytes(good_case.read_bytes())
+    (folder / "good_0000.nii.gz").write_bytes(good_case.read_bytes())
     data = good_case.read_bytes()
     (folder / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
     (folder / "text_0000.nii.gz").write_bytes(gzip.compress(b"this is not an image"))

@@ -6,20 +6,15 @@ nnU-Net folders or environment variables needed). Every output has its input's e
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
-import socket
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
 from stunet.cases import CaseError, check_files, check_values, find_cases
 from stunet.checkpoint import CheckpointError
 from stunet.cpu_memory import reuse_freed_memory
@@ -110,25 +105,6 @@ def output_labels(model_labels: dict[int, str], label_map: str | None, keep: str
     return names, lookup, [members[i] for i in sorted(names)]
 
 
-# unfinished files go to a folder of this process's own (parts may share OUT), where no *.nii.gz glob meets them
-PARTIAL = Path(".stunet-partial") / f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _write_atomic(target: Path, write) -> None:
-    """``write(temporary path)`` inside OUT/.stunet-partial/<host>-<pid>, then rename onto ``target``."""
-    partial = target.parent / PARTIAL
-    partial.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=partial, suffix="".join(target.suffixes[-2:]) if target.name.endswith(
-        ".nii.gz") else target.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -162,8 +138,9 @@ def main(argv=None) -> None:
         parser.exit(1, f"stunet-predict: error: no images in {args.input} (expected {', '.join(('.nii.gz', '.nii'))}"
                        f" files)\n")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "labels.json", lambda tmp: Path(tmp).write_text(
-        json.dumps({str(i): n for i, n in sorted(names.items())}, indent=2)))
+    partial = partial_folder(out_dir)
+    atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(
+        json.dumps({str(i): n for i, n in sorted(names.items())}, indent=2)), partial)
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
     print(f"stunet-predict: {len(cases)} case(s) from {args.input}, model {model.description}, device {device}"
@@ -202,9 +179,9 @@ def main(argv=None) -> None:
                                            members if args.save_probabilities else None)
             del features
             if probs is not None:
-                _write_atomic(target.with_name(f"{case.name}.npz"), lambda tmp: np.savez_compressed(
-                    tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])))
-            _write_atomic(target, lambda tmp: writer.write_seg(seg, tmp, properties))
+                atomic_write(target.with_name(f"{case.name}.npz"), lambda tmp: np.savez_compressed(
+                    tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])), partial)
+            atomic_write(target, lambda tmp: writer.write_seg(seg, str(tmp), properties), partial)
             done += 1
         except CaseError as e:
             failed.append(str(e))
@@ -214,9 +191,7 @@ def main(argv=None) -> None:
             tqdm.write(f"stunet-predict: error: {case.files[0]}: {type(e).__name__}: {e}", file=sys.stderr)
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
               f"{len(failed)} failed; outputs in {out_dir}"
-    shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (out_dir / PARTIAL.parent).rmdir()  # when no other process uses it
+    remove_partial_folder(out_dir)
     print(summary, file=sys.stderr)
     if failed:
         print("failed:\n  " + "\n  ".join(failed), file=sys.stderr)

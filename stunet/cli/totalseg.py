@@ -58,6 +58,9 @@ def main(argv=None) -> None:
                 tqdm.write(f"stunet-totalseg: warning: {name}: {len(absent)} structure(s) without a mask became "
                            f"background ({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})",
                            file=sys.stderr)
+    for worker_folder in (folder / ".stunet-partial").glob("*"):
+        if not any(worker_folder.iterdir()):
+            worker_folder.rmdir()
     write_dataset_files(args.source, folder, labels, args.labels, jobs)
     if missing:
         (folder / "missing_structures.json").write_text(json.dumps(missing, indent=2))
