@@ -9,7 +9,8 @@ forward pass and (b) a training step (forward with deep supervision, backward, S
 allocated; CPU: the process's peak RSS less its RSS before the model was built). Achieved FLOP/s: 2 × convolution MACs
 (forward; 3× that for a training step) per second, as a fraction of a float32 (CUDA: bf16) matrix-multiply peak
 measured at the start of the same run. Also measured, on the CPU: glibc's page-zeroing cost that
-stunet.cpu_memory.reuse_freed_memory removes, and 1×1 convolutions as oneDNN convolutions vs. batched matmuls.
+stunet.cpu_memory.reuse_freed_memory removes, and the forward pass with 1×1 convolutions as oneDNN convolutions vs.
+batched matmuls.
 Writes results/forward_<device>.md and .csv.
 """
 from __future__ import annotations
@@ -110,22 +111,33 @@ def run_one(spec: dict) -> dict:
     return {**spec, "seconds": seconds, "peak_bytes": peak, "flops_per_s": flops / seconds}
 
 
-def pointwise_comparison(device: torch.device, warmup: int, repeats: int) -> list[dict]:
-    """The 1×1×1 convolutions of STU-Net-S at 128³: oneDNN/cuDNN conv3d vs. stunet.blocks.pointwise (bmm)."""
-    from stunet.blocks import pointwise
-    rows = []
-    for cin, cout in [(16, 105), (32, 16)]:
-        conv = torch.nn.Conv3d(cin, cout, 1).to(device)
-        x = torch.randn(1, cin, 128, 128, 128, device=device)
-        with torch.inference_mode():
-            t_conv = _timed(lambda: conv(x), device, warmup, repeats)
-            t_mm = _timed(lambda: pointwise(conv, x), device, warmup, repeats)
-        rows.append({"shape": f"{cin}->{cout} at 128³", "conv3d_s": t_conv, "pointwise_s": t_mm})
-    return rows
+def pointwise_comparison(spec: dict) -> dict:
+    """STU-Net-S's inference forward pass at 128³ with its 1×1×1 convolutions as oneDNN/cuDNN conv3d vs. as batched
+    matmuls (stunet.blocks.pointwise), alternating in one process so that both see the same machine state."""
+    import stunet
+    import stunet.blocks
+    import stunet.network
+    from stunet.cpu_memory import reuse_freed_memory
+
+    device = torch.device(spec["device"])
+    if device.type == "cpu":
+        reuse_freed_memory()
+    model = stunet.create_model("stunet_small", num_classes=105).to(device)
+    model.eval().deep_supervision = False
+    x = torch.randn(1, 1, 128, 128, 128, device=device)
+    implementations = {"conv3d_s": lambda conv, t: conv(t), "pointwise_s": stunet.blocks.pointwise}
+    times = {name: [] for name in implementations}
+    with torch.inference_mode():
+        for _ in range(spec["repeats"]):
+            for name, implementation in implementations.items():
+                stunet.blocks.pointwise = stunet.network.pointwise = implementation
+                times[name].append(_timed(lambda: model(x), device, 1, 1))
+    return {**spec, **{name: statistics.median(t) for name, t in times.items()}}
 
 
 def _child(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=False,
+                          capture_output=True, text=True)
     if done.returncode != 0:
         return {**spec, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -166,7 +178,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(pointwise_comparison(spec) if spec.get("compare") == "pointwise" else run_one(spec)))
         return
     device = torch.device(args.device)
     peak_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -176,10 +189,11 @@ def main() -> None:
         row = _child(spec)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    pointwise = [] if args.quick else pointwise_comparison(device, 1, 3)
-    info = [f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}"
-            f" ({os.cpu_count()} CPU cores), torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-            f"{torch.backends.cudnn.version()}; {time.strftime('%Y-%m-%d')}",
+    pointwise = None if args.quick else _child({"compare": "pointwise", "device": args.device, "repeats": 6})
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else platform.processor() or platform.machine())
+    info = [(f"device: {device_name} ({os.cpu_count()} CPU cores), torch {torch.__version__}, "
+             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; {time.strftime('%Y-%m-%d')}"),
             f"matrix-multiply peak ({str(peak_dtype).split('.')[-1]}): {peak / 1e9:.1f} GFLOP/s",
             f"command: python benchmarks/forward.py --device {args.device}" + (" --quick" if args.quick else "")]
     header = ["model", "patch", "batch", "precision", "mode", "checkpointing", "glibc memory reuse", "time (s)",
@@ -196,11 +210,12 @@ def main() -> None:
                       f"{r['peak_bytes'] / 2 ** 30:.2f}"])
     md = "\n".join(info) + "\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(
         "| " + " | ".join(row) + " |" for row in table)
-    if pointwise:
-        md += ("\n\n1×1×1 convolutions (inference):\n\n| shape | conv3d (s) | batched matmul (s) | speed-up |\n"
-               "|---|---|---|---|\n" + "\n".join(
-                   f"| {p['shape']} | {p['conv3d_s']:.3f} | {p['pointwise_s']:.3f} | "
-                   f"{p['conv3d_s'] / p['pointwise_s']:.2f}× |" for p in pointwise))
+    if pointwise and "error" not in pointwise:
+        md += ("\n\n1×1×1 convolutions, STU-Net-S inference forward at 128³ (median of 6, alternating in one "
+               "process):"
+               "\n\n| conv3d (s) | batched matmul (s) | speed-up |\n|---|---|---|\n"
+               f"| {pointwise['conv3d_s']:.3f} | {pointwise['pointwise_s']:.3f} | "
+               f"{pointwise['conv3d_s'] / pointwise['pointwise_s']:.2f}× |")
     print("\n" + md)
     RESULTS.mkdir(exist_ok=True)
     name = f"forward_{device.type}" + ("_quick" if args.quick else "")

@@ -18,8 +18,9 @@ def conv_and_norm(spatial_dims: int):
 def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1×1(×1) convolution as one batched matrix product over the channels.
 
-    Same result as ``conv(x)``; on CPUs it was 1.1-3.2x faster than oneDNN's convolution for STU-Net's shapes, which
-    reorders the channels-first tensors into its blocked layout (benchmarks/results/forward_cpu.md).
+    Same result as ``conv(x)``. On CPUs, single layers of STU-Net's shapes were 1.5-7x faster than oneDNN's
+    convolution, which reorders channels-first tensors into its blocked layout, when freed memory is returned to the
+    kernel; with stunet.cpu_memory.reuse_freed_memory the whole forward pass is 0.98-1.13x as fast (docs/performance.md).
     """
     stride = conv.stride
     if any(s != 1 for s in stride):
