@@ -20,7 +20,8 @@ def pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Same result as ``conv(x)``. On CPUs, single layers of STU-Net's shapes were 1.5-7x faster than oneDNN's
     convolution, which reorders channels-first tensors into its blocked layout, when freed memory is returned to the
-    kernel; with stunet.cpu_memory.reuse_freed_memory the whole forward pass is 0.98-1.13x as fast (docs/performance.md).
+    kernel; with stunet.cpu_memory.reuse_freed_memory the whole forward pass is 0.98-1.13x as fast
+    (docs/performance.md).
     """
     stride = conv.stride
     if any(s != 1 for s in stride):
