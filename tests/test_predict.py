@@ -165,3 +165,19 @@ def test_interrupted_write_leaves_no_output(model, predicted, tmp_path, monkeypa
         cli.main(["-i", str(root / "in"), "-o", str(tmp_path / "out"), "-m", str(model), "--disable-tta"])
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "labels.json"]
     assert leftovers == []
+
+
+def test_bf16_precision_runs_the_network_in_bfloat16(model):
+    """--precision bf16 (for CPUs with native bfloat16, and GPUs): the convolutions run in bfloat16 under autocast and
+    the blended features stay close to float32's. One tile, no mirroring: bfloat16 is emulated, and slow, here."""
+    from stunet.inference import Predictor, load_model_folder
+
+    loaded = load_model_folder(model)
+    dtypes = []
+    loaded.networks[0].conv_blocks_context[0][0].conv1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    data = torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    fp32 = Predictor(loaded, "cpu", mirroring=False, precision="fp32").blended_features(data)[0]
+    bf16 = Predictor(loaded, "cpu", mirroring=False, precision="bf16").blended_features(data)[0]
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
