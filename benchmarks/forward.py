@@ -1,16 +1,16 @@
 """Forward and training-step speed and memory of the STU-Net sizes, against the matmul peak of the same machine.
 
-    python benchmarks/forward.py                       # CPU: small patches, all sizes (about 15 minutes, 2 cores)
-    python benchmarks/forward.py --device cuda         # GPU: 128³ and 96³, fp16 and bf16 (records device, versions)
+    python benchmarks/forward.py                       # CPU: small patches, all sizes (7-15 minutes, 2 cores)
+    python benchmarks/forward.py --device cuda         # GPU: 128³, fp16 and bf16 (records device, versions)
     python benchmarks/forward.py --quick               # one configuration, for a smoke run
 
 Each configuration runs in a fresh process: median time of --repeats runs after --warmup runs, of (a) an inference
 forward pass and (b) a training step (forward with deep supervision, backward, SGD step); peak memory (CUDA: max
 allocated; CPU: the process's peak RSS less its RSS before the model was built). Achieved FLOP/s: 2 × convolution MACs
 (forward; 3× that for a training step) per second, as a fraction of a float32 (CUDA: bf16) matrix-multiply peak
-measured at the start of the same run. Also measured, on the CPU: glibc's page-zeroing cost that
-stunet.cpu_memory.reuse_freed_memory removes, and the forward pass with 1×1 convolutions as oneDNN convolutions vs.
-batched matmuls.
+and of the rate of one large 3×3×3 convolution, both measured at the start of the same run.
+Also measured: glibc's page-zeroing cost that stunet.cpu_memory.reuse_freed_memory removes (CPU), the forward pass
+with 1×1 convolutions as oneDNN convolutions vs. batched matmuls, and eager vs. torch.compile.
 Writes results/forward_<device>.md and .csv.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
+
+from machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,6 +58,18 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int) -> float:
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = min(_timed(lambda: a @ b, device, 2, 5) for _ in range(2))
     return 2 * size ** 3 / seconds
+
+
+def conv_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of one large 3×3×3 convolution (256 channels) through the network's own library (oneDNN, cuDNN), the
+    best of a few runs. It can exceed the matmul peak: on an AMD EPYC with AVX-512, 255 vs. 180 GFLOP/s for MKL's
+    sgemm."""
+    channels, size = 256, 16 if device.type == "cpu" else 64
+    x = torch.randn(1, channels, size, size, size, device=device, dtype=dtype)
+    w = torch.randn(channels, channels, 3, 3, 3, device=device, dtype=dtype)
+    with torch.inference_mode():
+        seconds = min(_timed(lambda: F.conv3d(x, w, padding=1), device, 2, 5) for _ in range(2))
+    return 2 * 27 * channels ** 2 * size ** 3 / seconds
 
 
 def _memory_gib() -> float:
@@ -111,12 +125,9 @@ def run_one(spec: dict) -> dict:
     return {**spec, "seconds": seconds, "peak_bytes": peak, "flops_per_s": flops / seconds}
 
 
-def pointwise_comparison(spec: dict) -> dict:
-    """STU-Net-S's inference forward pass at 128³ with its 1×1×1 convolutions as oneDNN/cuDNN conv3d vs. as batched
-    matmuls (stunet.blocks.pointwise), alternating in one process so that both see the same machine state."""
+def _small_at_128(spec: dict):
+    """The device, STU-Net-S (105 classes) ready for inference on it, and a 128³ input: the comparisons' subject."""
     import stunet
-    import stunet.blocks
-    import stunet.network
     from stunet.cpu_memory import reuse_freed_memory
 
     device = torch.device(spec["device"])
@@ -125,6 +136,16 @@ def pointwise_comparison(spec: dict) -> dict:
     model = stunet.create_model("stunet_small", num_classes=105).to(device)
     model.eval().deep_supervision = False
     x = torch.randn(1, 1, 128, 128, 128, device=device)
+    return device, model, x
+
+
+def pointwise_comparison(spec: dict) -> dict:
+    """STU-Net-S's inference forward pass at 128³ with its 1×1×1 convolutions as oneDNN/cuDNN conv3d vs. as batched
+    matmuls (stunet.blocks.pointwise), alternating in one process so that both see the same machine state."""
+    import stunet.blocks
+    import stunet.network
+
+    device, model, x = _small_at_128(spec)
     implementations = {"conv3d_s": lambda conv, t: conv(t), "pointwise_s": stunet.blocks.pointwise}
     times = {name: [] for name in implementations}
     with torch.inference_mode():
@@ -133,6 +154,29 @@ def pointwise_comparison(spec: dict) -> dict:
                 stunet.blocks.pointwise = stunet.network.pointwise = implementation
                 times[name].append(_timed(lambda: model(x), device, 1, 1))
     return {**spec, **{name: statistics.median(t) for name, t in times.items()}}
+
+
+def compile_comparison(spec: dict) -> dict:
+    """STU-Net-S's inference forward pass at 128³ eager vs. torch.compile (Inductor, weights frozen as constants,
+    which lets it prepack convolution weights and fuse normalisation, activation and residual sums), alternating in
+    one process; also the time the first compiled call takes (less when Inductor's on-disk cache holds it)."""
+    device, model, x = _small_at_128(spec)
+    compiled = torch.compile(model, dynamic=False, options={"freezing": True})
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = compiled(x)
+        first_call = time.perf_counter() - start
+        difference = (out - model(x)).abs().max().item()
+        del out
+        times = {"eager_s": [], "compiled_s": []}
+        for _ in range(spec["repeats"]):
+            for name, fn in (("eager_s", model), ("compiled_s", compiled)):
+                times[name].append(_timed(lambda: fn(x), device, 1, 1))
+    return {**spec, **{name: statistics.median(t) for name, t in times.items()}, "first_call_s": first_call,
+            "max_abs_difference": difference}
+
+
+COMPARISONS = {"pointwise": pointwise_comparison, "compile": compile_comparison}
 
 
 def _child(spec: dict) -> dict:
@@ -179,34 +223,36 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(pointwise_comparison(spec) if spec.get("compare") == "pointwise" else run_one(spec)))
+        print(json.dumps(COMPARISONS[spec["compare"]](spec) if "compare" in spec else run_one(spec)))
         return
     device = torch.device(args.device)
     peak_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     peak = matmul_peak(device, peak_dtype, 2048 if device.type == "cpu" else 8192)
+    best_conv = conv_peak(device, peak_dtype)
     rows = []
     for spec in configurations(args.device, args.quick):
         row = _child(spec)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    pointwise = None if args.quick else _child({"compare": "pointwise", "device": args.device, "repeats": 6})
-    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else platform.processor() or platform.machine())
-    info = [(f"device: {device_name} ({os.cpu_count()} CPU cores), torch {torch.__version__}, "
+    pointwise, compiled = (None, None) if args.quick else (
+        _child({"compare": name, "device": args.device, "repeats": 6}) for name in ("pointwise", "compile"))
+    info = [(f"device: {describe(device)}, torch {torch.__version__}, "
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; {time.strftime('%Y-%m-%d')}"),
-            f"matrix-multiply peak ({str(peak_dtype).split('.')[-1]}): {peak / 1e9:.1f} GFLOP/s",
+            f"matrix-multiply peak ({str(peak_dtype).split('.')[-1]}): {peak / 1e9:.1f} GFLOP/s; "
+            f"largest measured convolution rate: {best_conv / 1e9:.1f} GFLOP/s",
             f"command: python benchmarks/forward.py --device {args.device}" + (" --quick" if args.quick else "")]
     header = ["model", "patch", "batch", "precision", "mode", "checkpointing", "glibc memory reuse", "time (s)",
-              "GFLOP/s", "% of matmul peak", "peak memory (GiB)"]
+              "GFLOP/s", "% of matmul peak", "% of convolution rate", "peak memory (GiB)"]
     table = []
     for r in rows:
         if "error" in r:
             table.append([r["model"], "x".join(map(str, r["patch"])), str(r["batch"]), r["precision"], r["mode"],
-                          str(r.get("checkpointing") or "-"), "", "failed: " + r["error"][:60], "", "", ""])
+                          str(r.get("checkpointing") or "-"), "", "failed: " + r["error"][:60], "", "", "", ""])
             continue
         table.append([r["model"], "x".join(map(str, r["patch"])), str(r["batch"]), r["precision"], r["mode"],
                       str(r.get("checkpointing") or "-"), "yes" if r.get("reuse_memory", True) else "no",
                       f"{r['seconds']:.3f}", f"{r['flops_per_s'] / 1e9:.1f}", f"{100 * r['flops_per_s'] / peak:.0f}",
+                      f"{100 * r['flops_per_s'] / best_conv:.0f}",
                       f"{r['peak_bytes'] / 2 ** 30:.2f}"])
     md = "\n".join(info) + "\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(
         "| " + " | ".join(row) + " |" for row in table)
@@ -216,6 +262,14 @@ def main() -> None:
                "\n\n| conv3d (s) | batched matmul (s) | speed-up |\n|---|---|---|\n"
                f"| {pointwise['conv3d_s']:.3f} | {pointwise['pointwise_s']:.3f} | "
                f"{pointwise['conv3d_s'] / pointwise['pointwise_s']:.2f}× |")
+    if compiled and "error" not in compiled:
+        md += ("\n\ntorch.compile (Inductor, frozen weights), STU-Net-S inference forward at 128³ (median of 6, "
+               "alternating in one process):"
+               "\n\n| eager (s) | compiled (s) | speed-up | first compiled call (s) | max abs difference |"
+               "\n|---|---|---|---|---|\n"
+               f"| {compiled['eager_s']:.3f} | {compiled['compiled_s']:.3f} | "
+               f"{compiled['eager_s'] / compiled['compiled_s']:.2f}× | {compiled['first_call_s']:.1f} | "
+               f"{compiled['max_abs_difference']:.1e} |")
     print("\n" + md)
     RESULTS.mkdir(exist_ok=True)
     name = f"forward_{device.type}" + ("_quick" if args.quick else "")

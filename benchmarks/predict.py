@@ -1,10 +1,11 @@
 """stunet-predict vs nnUNetv2_predict on a real CT with the same 105-class STU-Net-S weights, on this machine.
 
-    python benchmarks/predict.py [--checkpoint small_ep4k.model] [--work /tmp/stunet_bench]
+    python benchmarks/predict.py [--checkpoint small_ep4k.model] [--work /tmp/stunet_bench] [--whole-body] [--bf16]
 
 Measures end-to-end wall time and peak resident memory (summed over each command's process tree) of both commands on
-the same input and weights, and their agreement (Dice between the two label maps, per label present). Both run without
-test-time mirroring, step size 0.5, on the CPU, one worker process each (2-core machine).
+the same input and weights, and their agreement (Dice between the two label maps, mean and minimum over the
+foreground labels either one holds). Both run without test-time mirroring, step size 0.5, on the CPU, one worker
+process each (2-core machine).
 
 Input: the example CT of ../shared/data/totalsegmentator_examples (122×101×30 voxels at 3 mm) stacked four times
 along z and cut to 122×101×112, the case of the issue's baseline (27 tiles of 128³ at 1.5 mm). Weights: the released
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from machine import describe
 from process_monitor import run_measured
 
 SHARED = Path(os.environ.get("STUNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -114,7 +115,7 @@ def fit_weights(image: Path, reference: Path, out: Path, iterations: int) -> Pat
 
 
 def dice_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    labels = sorted(set(np.unique(a)) | set(np.unique(b)) - {0})
+    labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     scores = [2 * np.sum((a == l) & (b == l)) / (np.sum(a == l) + np.sum(b == l)) for l in labels]
     return float(np.mean(scores)), float(np.min(scores)), len(labels)
 
@@ -127,6 +128,9 @@ def main() -> None:
     parser.add_argument("--whole-body", action="store_true",
                         help="also time stunet-predict alone on a 512x512x600 CT at 0.8 mm (the example, stacked "
                              "and upsampled); nnUNetv2_predict's float64 export of 105 channels would need >100 GB")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time stunet-predict --pretrained with --precision bf16; worth it only on CPUs with "
+                             "native bfloat16 (avx512_bf16, amx_bf16), elsewhere it is emulated and ~300x slower")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "predict_cpu.md")
     args = parser.parse_args()
     if not EXAMPLE.is_dir():
@@ -153,6 +157,13 @@ def main() -> None:
                                         "stunet_small.totalseg104", "--checkpoint", str(checkpoint),
                                         "--disable-tta", "--device", "cpu", "--overwrite"],
     }
+    if args.bf16:
+        runs["stunet-predict --pretrained --precision bf16"] = [
+            *runs["stunet-predict --pretrained"][:4], str(work / "out_stunet_bf16"),
+            *runs["stunet-predict --pretrained"][5:], "--precision", "bf16"]
+    outputs = {"nnUNetv2_predict": "out_nnunet", "stunet-predict": "out_stunet",
+               "stunet-predict --pretrained": "out_stunet_pretrained",
+               "stunet-predict --pretrained --precision bf16": "out_stunet_bf16"}
     results = {}
     for name, command in runs.items():
         print(f"running {name} ...", flush=True)
@@ -162,16 +173,16 @@ def main() -> None:
     base_wall, base_rss = results["nnUNetv2_predict"]
     rows = []
     for name, (wall, rss) in results.items():
-        out = work / {"nnUNetv2_predict": "out_nnunet", "stunet-predict": "out_stunet"}.get(
-            name, "out_stunet_pretrained") / "ct.nii.gz"
+        out = work / outputs[name] / "ct.nii.gz"
         mean, worst, n = dice_agreement(reference, sitk.GetArrayFromImage(sitk.ReadImage(str(out))))
         rows.append(f"| {name} | {wall:.1f} | {base_wall / wall:.2f}× | {rss / 2 ** 30:.2f} | {rss / base_rss:.2f} | "
                     f"{mean:.4f} (min {worst:.4f}, {n} labels) |")
     table = "\n".join([
         f"Input: 122×101×112 CT at 3 mm (27 tiles of 128³ at 1.5 mm), 105-class STU-Net-S "
         f"({'released' if args.checkpoint else 'fitted'} weights), no mirroring, step 0.5, CPU.",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-        f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/predict.py`.", "",
+        f"Machine: {describe()}, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+        f"Command: `python benchmarks/predict.py{' --bf16' if args.bf16 else ''}"
+        f"{' --whole-body' if args.whole_body else ''}`.", "",
         "| command | wall (s) | speed-up | peak RSS (GiB) | RSS ratio | agreement with nnUNetv2_predict (Dice) |",
         "|---|---|---|---|---|---|", *rows])
     if args.whole_body:

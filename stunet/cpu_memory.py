@@ -1,8 +1,8 @@
 """Keeping freed memory for reuse on Linux CPUs.
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and returns it to the kernel when freed, so each
-large temporary of a 3D network is zero-filled page by page again on every forward pass. On the 2-core machine of
-benchmarks/forward.py that made STU-Net-S's forward pass at 128³ 1.6-2.3x slower (5.5 s instead of 3.1 s in the
+large temporary of a 3D network is zero-filled page by page again on every forward pass. On the 2-core machines of
+benchmarks/forward.py that made STU-Net-S's forward pass at 128³ 1.6-2.3x slower (3.2 s instead of 1.9 s in the
 latest run). ``reuse_freed_memory()`` makes glibc take large blocks from its heap and keep up to 2 GiB of freed memory
 for reuse: faster, at the cost of a process that holds on to its peak memory. stunet's commands and CPU trainings call
 it; call it yourself in scripts that run STU-Nets on a CPU.
