@@ -228,7 +228,7 @@ def main() -> None:
     device = torch.device(args.device)
     peak_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     peak = matmul_peak(device, peak_dtype, 2048 if device.type == "cpu" else 8192)
-    best_conv = conv_peak(device, peak_dtype)
+    conv_rate = conv_peak(device, peak_dtype)
     rows = []
     for spec in configurations(args.device, args.quick):
         row = _child(spec)
@@ -239,7 +239,7 @@ def main() -> None:
     info = [(f"device: {describe(device)}, torch {torch.__version__}, "
              f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; {time.strftime('%Y-%m-%d')}"),
             f"matrix-multiply peak ({str(peak_dtype).split('.')[-1]}): {peak / 1e9:.1f} GFLOP/s; "
-            f"largest measured convolution rate: {best_conv / 1e9:.1f} GFLOP/s",
+            f"3×3×3 convolution rate (256 channels): {conv_rate / 1e9:.1f} GFLOP/s",
             f"command: python benchmarks/forward.py --device {args.device}" + (" --quick" if args.quick else "")]
     header = ["model", "patch", "batch", "precision", "mode", "checkpointing", "glibc memory reuse", "time (s)",
               "GFLOP/s", "% of matmul peak", "% of convolution rate", "peak memory (GiB)"]
@@ -252,7 +252,7 @@ def main() -> None:
         table.append([r["model"], "x".join(map(str, r["patch"])), str(r["batch"]), r["precision"], r["mode"],
                       str(r.get("checkpointing") or "-"), "yes" if r.get("reuse_memory", True) else "no",
                       f"{r['seconds']:.3f}", f"{r['flops_per_s'] / 1e9:.1f}", f"{100 * r['flops_per_s'] / peak:.0f}",
-                      f"{100 * r['flops_per_s'] / best_conv:.0f}",
+                      f"{100 * r['flops_per_s'] / conv_rate:.0f}",
                       f"{r['peak_bytes'] / 2 ** 30:.2f}"])
     md = "\n".join(info) + "\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n" + "\n".join(
         "| " + " | ".join(row) + " |" for row in table)
