@@ -1,4 +1,4 @@
-"""Writing files so that nobody sees a partial one: a temporary file, renamed onto the target when complete.
+"""Writing files so that nobody sees a partial one: written in a temporary folder, moved onto the target when done.
 
 Temporary files of folders that other tools scan (nnU-Net lists every ``*.nii.gz`` of imagesTr, users glob output
 folders) go to ``<root>/.stunet-partial/<host>-<pid>/``, where no such listing meets them, even after a crash.
@@ -26,19 +26,24 @@ def remove_partial_folder(root: Path) -> None:
 
 
 def atomic_write(target: Path, write: Callable[[Path], object], temporary_folder: Path | None = None) -> None:
-    """``write(temporary path)`` (same file ending as ``target``), then rename it onto ``target``."""
+    """``write(path)`` into a private temporary folder, under ``target``'s own name, then move what it wrote beside
+    ``target``.
+
+    The path has the target's name so that formats made of several files stay consistent: a MetaImage header
+    (``case.mhd``) names its data file (``case.zraw``) by file name. Every other file the writer made moves first and
+    ``target`` itself last, so no reader sees ``target`` before the files it refers to. Nothing is left in the
+    temporary folder, even when ``write`` fails.
+    """
     target = Path(target)
     folder = Path(temporary_folder or target.parent)
     folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=suffix)
-    os.close(fd)
+    private = Path(tempfile.mkdtemp(dir=folder, prefix="."))
     try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write(private / target.name)
+        written = sorted(p.name for p in private.iterdir())
+        if target.name not in written:
+            raise FileNotFoundError(f"writing {target} produced no file {target.name} (only {', '.join(written)})")
+        for name in [n for n in written if n != target.name] + [target.name]:
+            os.replace(private / name, target.parent / name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

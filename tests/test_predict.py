@@ -102,6 +102,45 @@ def test_single_file_in_and_out(model, predicted, tmp_path):
     np.testing.assert_array_equal(labels_of(tmp_path / "seg.nii.gz"), labels_of(root / "out" / f"{names[2]}.nii.gz"))
 
 
+def test_metaimage_output_keeps_its_data_file(model, predicted, tmp_path):
+    """A .mhd case gives a .mhd output whose header names its data file by the final name, with the input's geometry
+    and the .nii.gz run's labels; nothing else is left in the output folder. Also for one file in and out."""
+    root, names = predicted
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / f"{names[1]}_0000.mhd"
+    sitk.WriteImage(sitk.ReadImage(str(root / "in" / f"{names[1]}_0000.nii.gz")), str(source))
+    predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model)
+    predict("-i", source, "-o", tmp_path / "single" / "seg.mhd", "-m", model)
+    expected = labels_of(root / "out" / f"{names[1]}.nii.gz")
+    for folder, stem in ((tmp_path / "out", names[1]), (tmp_path / "single", "seg")):
+        header = folder / f"{stem}.mhd"
+        data_file = next(line.split("=")[1].strip() for line in header.read_text().splitlines()
+                         if line.startswith("ElementDataFile"))
+        assert data_file in (f"{stem}.zraw", f"{stem}.raw")
+        assert sorted(p.name for p in folder.iterdir()) == sorted([header.name, data_file, "labels.json"])
+        assert_same_geometry(header, source)
+        np.testing.assert_array_equal(labels_of(header), expected)
+
+
+def test_atomic_write_moves_data_files_before_the_header(tmp_path, monkeypatch):
+    """A header appears only after its data file, under the final names; the temporary folder is left empty."""
+    from stunet import atomic
+
+    moved = []
+    real_replace = os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (moved.append(os.path.basename(b)), real_replace(a, b)))
+    image = sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    partial = tmp_path / "out" / ".partial"
+    atomic.atomic_write(tmp_path / "out" / "seg.mhd", lambda tmp: sitk.WriteImage(image, str(tmp), True), partial)
+    assert moved == ["seg.zraw", "seg.mhd"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".partial", "seg.mhd", "seg.zraw"]
+    assert list(partial.iterdir()) == []
+    np.testing.assert_array_equal(labels_of(tmp_path / "out" / "seg.mhd"), sitk.GetArrayFromImage(image))
+    with pytest.raises(FileNotFoundError, match="produced no file other.nii.gz"):
+        atomic.atomic_write(tmp_path / "out" / "other.nii.gz", lambda tmp: None, partial)
+    assert list(partial.iterdir()) == []
+
+
 def _broken_inputs(folder, good_case):
     folder.mkdir()
     (folder / "good_0000.nii.gz").write_bytes(good_case.read_bytes())

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.cases import CaseError, check_files, check_values, find_cases
+from stunet.cases import ENDINGS, CaseError, check_files, check_values, find_cases
 from stunet.checkpoint import CheckpointError
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import canonical, list_label_maps, load_label_map
@@ -117,7 +117,8 @@ def main(argv=None) -> None:
     if not args.input.exists():
         parser.error(f"{args.input} does not exist")
     single_file = args.input.is_file()
-    out_dir = args.output.parent if single_file and args.output.name.endswith(".nii.gz") else args.output
+    file_output = single_file and args.output.name.endswith(ENDINGS)  # -o names the output file
+    out_dir = args.output.parent if file_output else args.output
     if out_dir.resolve() == (args.input.parent if single_file else args.input).resolve():
         parser.error(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
     device = args.device
@@ -148,8 +149,7 @@ def main(argv=None) -> None:
     done, skipped, failed = 0, 0, []
     bar = tqdm(cases, unit="case", desc="cases")
     for case in bar:
-        target = args.output if single_file and args.output.name.endswith(case.ending) else \
-            out_dir / f"{case.name}{case.ending}"
+        target = args.output if file_output else out_dir / f"{case.name}{case.ending}"
         if target.resolve() in inputs:
             failed.append(f"{case.name}: output {target} would overwrite an input")
             continue
