@@ -75,7 +75,7 @@ def fit_weights(image: Path, reference: Path, out: Path, iterations: int) -> Pat
     reuse_freed_memory()
     config = get_pretrained_config("stunet_small.totalseg104")
     torch.manual_seed(0)
-    net = stunet.create_model("stunet_small", **config["architecture"])
+    net = stunet.create_model(config.name)
     model = Model([net], plans_for_pretrained(config, "bench"), CONFIGURATION, dataset_json_for_pretrained(config))
     predictor = Predictor(model)
     image_np, props = predictor.read([image])

@@ -12,21 +12,9 @@ import torch
 from stunet.atomic import atomic_write
 from stunet.checkpoint import Checkpoint
 from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
-from stunet.pretrained import get_pretrained_config, label_names, source_labels
+from stunet.presets import PRESETS, preset_of
+from stunet.pretrained import released_config_for, source_labels
 from stunet.transfer import architecture_of, describe
-
-
-def released_config_for(checkpoint: Checkpoint, name: str | None = None) -> dict | None:
-    """The pretrained config named ``name``, or the one whose architecture and classes the checkpoint has."""
-    if name:
-        return get_pretrained_config(name)
-    arch = architecture_of(checkpoint.state_dict)
-    try:
-        config = get_pretrained_config(describe(arch))
-    except ValueError:
-        return None
-    return config if config["architecture"]["num_classes"] == arch["num_classes"] else None
-
 
 def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
     """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint."""
@@ -36,13 +24,14 @@ def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tu
     if checkpoint.format != "nnunet-v2":
         config = released_config_for(checkpoint, pretrained)
         if config is not None:
-            plans = plans_for_pretrained(config, dataset_name=config["name"], num_channels=arch["in_channels"])
-            dataset_json = dataset_json_for_pretrained(config)
-            trainer = config["checkpoint"]["trainer"]
+            channels = arch["in_channels"]
+            plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=channels)
+            dataset_json = dataset_json_for_pretrained(config, channels)
+            trainer = config.trainer
         else:
             plans = dataset_json = None
-            preset = describe(arch)
-            trainer = f"STUNetTrainer_{preset.split('_')[1]}" if preset.startswith("stunet_") else None
+            preset = preset_of(arch["depths"], arch["widths"])
+            trainer = f"STUNetTrainer_{PRESETS[preset].size}" if preset else None
         mirroring = tuple(range(len(arch["kernel_sizes"][0])))
     saved = {"network_weights": checkpoint.state_dict, "optimizer_state": None, "grad_scaler_state": None,
              "logging": None, "_best_ema": None, "current_epoch": 0, "trainer_name": trainer,
@@ -74,10 +63,10 @@ def write_safetensors(checkpoint: Checkpoint, out: Path, pretrained: str | None 
 
     arch = architecture_of(checkpoint.state_dict)
     config = released_config_for(checkpoint, pretrained)
-    labels = source_labels(checkpoint) or (label_names(config) if config else None)
+    labels = source_labels(checkpoint) or (config.labels if config else None)
     description = {"model": describe(arch), "architecture": {**arch, **(
-        {"strides": config["architecture"]["strides"]} if config else {})},
-        "labels": labels, "pretrained": config["name"] if config else None, "converted_from": checkpoint.format}
+        {"strides": config.architecture["strides"]} if config else {})},
+        "labels": labels, "pretrained": config.name if config else None, "converted_from": checkpoint.format}
     metadata = {"format": "stunet", "architecture": json.dumps(description["architecture"]),
                 **({"labels": json.dumps(labels)} if labels else {})}
     tensors = {k: v.contiguous() for k, v in checkpoint.state_dict.items()}

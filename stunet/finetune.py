@@ -2,12 +2,12 @@
 ``-pretrained_weights`` of any supported format safely with a report.
 
 nnU-Net's ``nnUNetv2_train -pretrained_weights FILE`` calls ``nnunetv2.run.run_training.load_pretrained_weights``,
-which trusts the pickle, needs an nnU-Net v2 file and copies only equal shapes. An STU-Net trainer routes that call,
-for its own network only, to :meth:`load_pretrained_weights` of the trainer (see :func:`route_pretrained_loading`).
+which trusts the pickle, needs an nnU-Net v2 file and copies only equal shapes. STU-Net trainers route that call, for
+their own networks only, to the trainer's ``load_pretrained_weights`` (see :func:`route_pretrained_loading`).
 """
 from __future__ import annotations
 
-import os
+import weakref
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
@@ -57,20 +57,29 @@ class PolyLRPerGroup(PolyLRScheduler):
 
 
 def route_pretrained_loading(trainer) -> None:
-    """Send nnU-Net's ``load_pretrained_weights(network, file)`` for ``trainer.network`` to
-    ``trainer.load_pretrained_weights(file)``; other networks keep nnU-Net's loader."""
+    """Make nnU-Net's ``-pretrained_weights`` reach ``trainer.load_pretrained_weights`` for ``trainer.network``.
+
+    ``nnUNetv2_train -pretrained_weights FILE`` calls ``nnunetv2.run.run_training.load_pretrained_weights(network,
+    FILE)`` right after ``trainer.initialize()``; nnU-Net offers no hook there, and its loader unpickles with full
+    trust. The first STU-Net trainer to initialise replaces that module attribute, once per process, by a dispatcher:
+    networks registered here (weakly, by STU-Net trainers' ``initialize``) go to their trainer's loader, every other
+    network to nnU-Net's own loader, unchanged.
+    """
     import nnunetv2.run.run_training as run_training
 
-    stock = getattr(run_training.load_pretrained_weights, "stock", run_training.load_pretrained_weights)
+    if not getattr(run_training.load_pretrained_weights, "stunet_dispatch", False):
+        stock = run_training.load_pretrained_weights
 
-    def load_pretrained_weights(network, fname, verbose=False):
-        if network is trainer.network:
-            return trainer.load_pretrained_weights(fname)
-        return stock(network, fname, verbose)
+        def load_pretrained_weights(network, fname, verbose=False):
+            owner = _TRAINERS.get(network)
+            if owner is None:
+                return stock(network, fname, verbose)
+            return owner.load_pretrained_weights(fname)
 
-    load_pretrained_weights.stock = stock
-    run_training.load_pretrained_weights = load_pretrained_weights
+        load_pretrained_weights.stunet_dispatch = True
+        load_pretrained_weights.stock = stock
+        run_training.load_pretrained_weights = load_pretrained_weights
+    _TRAINERS[trainer.network] = trainer
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "t")
+_TRAINERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # network -> the STU-Net trainer that built it

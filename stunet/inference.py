@@ -122,11 +122,10 @@ def load_pretrained(name: str, checkpoint: str | Path, trust: bool = False) -> M
     from stunet.registry import create_model
 
     config = get_pretrained_config(name)
-    network = create_model(config["model"], pretrained=str(checkpoint), trust_checkpoint=trust,
-                           deep_supervision=False)
-    plans = plans_for_pretrained(config, dataset_name=config["name"])
+    network = create_model(config.name, pretrained=str(checkpoint), trust_checkpoint=trust, deep_supervision=False)
+    plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=config.in_channels)
     return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
-                 f"{config['name']} from {checkpoint}")
+                 f"{config.name} from {checkpoint}")
 
 
 class Predictor:

@@ -12,6 +12,42 @@ from stunet.blocks import ResidualBlock, UpsampleConv, conv_and_norm, pointwise
 from stunet.config import IntOrSeq, STUNetConfig
 
 
+DECODER_PARTS = ("upsample_layers", "conv_blocks_localization", "seg_outputs")
+
+
+class DecoderView:
+    """The decoder of an STU-Net, seen from outside: the deep-supervision flag and the decoder's parameters.
+
+    The published parameter names put the decoder's modules directly on the network (``upsample_layers.*``,
+    ``conv_blocks_localization.*``, ``seg_outputs.*``), so the decoder cannot be a submodule without renaming them;
+    this view gives nnU-Net (which sets ``network.decoder.deep_supervision``) and users (who freeze
+    ``network.decoder.parameters()``) what they expect of a ``decoder`` attribute.
+    """
+
+    def __init__(self, network: "STUNet"):
+        object.__setattr__(self, "_network", network)
+
+    @property
+    def deep_supervision(self) -> bool:
+        return self._network.deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, flag: bool) -> None:
+        self._network.deep_supervision = flag
+
+    def __setattr__(self, name, value):
+        if name != "deep_supervision":
+            raise AttributeError(f"the STU-Net decoder view only sets deep_supervision, not {name!r}")
+        object.__setattr__(self, name, value)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        for part in DECODER_PARTS:
+            yield from getattr(self._network, part).named_parameters(prefix=f"{prefix}{part}", recurse=recurse)
+
+    def parameters(self, recurse: bool = True):
+        return (p for _, p in self.named_parameters(recurse=recurse))
+
+
 def _stage(in_channels: int, out_channels: int, depth: int, kernel_size, stride) -> nn.Sequential:
     """``depth`` residual blocks; the first one carries the stride and the 1×1 projection (as published)."""
     blocks = [ResidualBlock(in_channels, out_channels, kernel_size, stride=stride, project=True)]
@@ -51,9 +87,10 @@ class STUNet(nn.Module):
         self.seg_outputs = nn.ModuleList(conv(cfg.widths[s], cfg.num_classes, 1) for s in decoder_stages)
 
     @property
-    def decoder(self) -> "STUNet":
-        """nnU-Net switches deep supervision with ``network.decoder.deep_supervision = flag``; the flag lives here."""
-        return self
+    def decoder(self) -> "DecoderView":
+        """The decoder as nnU-Net addresses it: ``network.decoder.deep_supervision = flag`` switches deep supervision,
+        and ``network.decoder.parameters()`` are the decoder's (upsampling, decoder stages, heads) only."""
+        return DecoderView(self)
 
     def _run(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         mode = self.activation_checkpointing

@@ -6,7 +6,7 @@ dimensionality can be built from a preset.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from stunet.config import IntOrSeq
 from stunet.network import STUNet
@@ -14,6 +14,16 @@ from stunet.registry import register_model
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
 MAX_WIDTH_FACTOR = 16
+
+
+class Preset(NamedTuple):
+    depth: int  # residual blocks per stage
+    base_width: int  # channels of the first stage
+    size: str  # the size word of its trainers: STUNetTrainer_<size>
+
+
+#: preset name -> its layout and size word, filled by @preset
+PRESETS: dict[str, Preset] = {}
 
 
 def preset_widths(base_width: int, n_stages: int) -> list[int]:
@@ -36,25 +46,41 @@ def build_stunet(depth: int, base_width: int, *, in_channels: int = 1, num_class
     return STUNet(in_channels, num_classes, depths, widths, strides, kernel_sizes, **network_kwargs)
 
 
-@register_model
+def preset(depth: int, base_width: int, size: str):
+    """Register a builder as a model and as a preset of ``depth`` blocks per stage and ``base_width`` channels."""
+    def register(fn):
+        PRESETS[fn.__name__] = Preset(depth, base_width, size)
+        return register_model(fn)
+    return register
+
+
+def preset_of(depths: Sequence[int], widths: Sequence[int]) -> str | None:
+    """The preset whose layout these per-stage depths and widths are (any stage count), or None."""
+    for name, (depth, base_width, _) in PRESETS.items():
+        if list(depths) == [depth] * len(depths) and list(widths) == preset_widths(base_width, len(widths)):
+            return name
+    return None
+
+
+@preset(1, 16, "small")
 def stunet_small(**kwargs) -> STUNet:
     """STU-Net-S: 1 block per stage, base width 16 (14.6M parameters with 1 channel and 105 classes)."""
-    return build_stunet(1, 16, **kwargs)
+    return build_stunet(*PRESETS['stunet_small'][:2], **kwargs)
 
 
-@register_model
+@preset(1, 32, "base")
 def stunet_base(**kwargs) -> STUNet:
     """STU-Net-B: 1 block per stage, base width 32 (58.3M parameters)."""
-    return build_stunet(1, 32, **kwargs)
+    return build_stunet(*PRESETS['stunet_base'][:2], **kwargs)
 
 
-@register_model
+@preset(2, 64, "large")
 def stunet_large(**kwargs) -> STUNet:
     """STU-Net-L: 2 blocks per stage, base width 64 (440.3M parameters)."""
-    return build_stunet(2, 64, **kwargs)
+    return build_stunet(*PRESETS['stunet_large'][:2], **kwargs)
 
 
-@register_model
+@preset(3, 96, "huge")
 def stunet_huge(**kwargs) -> STUNet:
     """STU-Net-H: 3 blocks per stage, base width 96 (1457.3M parameters)."""
-    return build_stunet(3, 96, **kwargs)
+    return build_stunet(*PRESETS['stunet_huge'][:2], **kwargs)

@@ -29,16 +29,22 @@ def model_builder(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, or a released one by its tagged name ('stunet_large.totalseg104').
 
     ``kwargs`` go to the builder (for the STU-Net presets: in_channels, num_classes, strides, kernel_sizes, depths,
     widths, depth_multiplier, width_multiplier, deep_supervision, activation_checkpointing). With ``pretrained`` (a
-    checkpoint file in any supported format), the architecture follows the released model's config
-    (``name`` may carry its tag: 'stunet_large.totalseg104') unless overridden, the weights are loaded, and the config
-    is attached as ``model.pretrained_config``; ``trust_checkpoint=True`` allows pickled objects beyond tensors.
+    checkpoint file in any supported format), the architecture follows the released model's config unless
+    overridden, the weights are loaded, and the config is attached as ``model.pretrained_config``;
+    ``trust_checkpoint=True`` allows pickled objects beyond tensors.
     """
-    builder = model_builder(name.split(".")[0])
+    if name in _MODELS and pretrained is None:
+        return _MODELS[name](**kwargs)
+    from stunet.pretrained import create_pretrained, get_pretrained_config  # checkpoint I/O only when asked for
+    try:
+        config = get_pretrained_config(name)
+    except ValueError as e:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}" if name not in _MODELS
+                         else str(e)) from None
     if pretrained is None:
-        return builder(**kwargs)
-    from stunet.pretrained import create_pretrained  # checkpoint I/O only when asked for
-    return create_pretrained(name, builder, pretrained, **kwargs)
+        return model_builder(config.model)(**{**config.architecture, **kwargs})
+    return create_pretrained(config.name, model_builder(config.model), pretrained, **kwargs)

@@ -18,10 +18,12 @@ import torch
 
 from stunet.labels import match_labels
 from stunet.network import STUNet
+from stunet.presets import preset_of
 
+#: the tensors that read the input channels, and the prefix of the segmentation heads (the classifier)
 FIRST_LAYER = ("conv_blocks_context.0.0.conv1.weight", "conv_blocks_context.0.0.conv3.weight")
+CLASSIFIER = "seg_outputs."
 _BLOCK = re.compile(r"conv_blocks_context\.(\d+)\.(\d+)\.conv1\.weight")
-PRESETS = {(1, 16): "stunet_small", (1, 32): "stunet_base", (2, 64): "stunet_large", (3, 96): "stunet_huge"}
 
 
 class IncompatibleWeightsError(ValueError):
@@ -34,6 +36,7 @@ class TransferReport:
     adapted: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     head_rows: dict[int, list[int]] = field(default_factory=dict)  # target class -> pretrained classes copied
+    unmatched: list[int] = field(default_factory=list)  # target classes whose head rows start fresh
 
     def summary(self, target_labels: Mapping[int, str] | None = None,
                 source_labels: Mapping[int, str] | None = None) -> str:
@@ -41,11 +44,18 @@ class TransferReport:
                  f"the input channels, {len(self.reinitialised)} re-initialised"]
         lines += [f"  adapted: {k}" for k in self.adapted]
         lines += [f"  re-initialised: {k}" for k in self.reinitialised]
+        targets, sources = target_labels or {}, source_labels or {}
         if self.head_rows:
             lines.append(f"  head rows taken from pretrained classes ({len(self.head_rows)} classes):")
-            for target, sources in sorted(self.head_rows.items()):
-                name = (target_labels or {}).get(target, target)
-                lines.append(f"    {name} <- " + " + ".join(str((source_labels or {}).get(s, s)) for s in sources))
+            for target, rows in sorted(self.head_rows.items()):
+                lines.append(f"    {targets.get(target, target)} <- " + " + ".join(
+                    str(sources.get(s, s)) for s in rows))
+        if self.unmatched:
+            lines.append(f"  head rows re-initialised, no pretrained class matched ({len(self.unmatched)} classes):")
+            lines += [f"    {targets.get(t, t)}" for t in self.unmatched]
+            lines.append("  to start them from pretrained classes, give a label map naming their pretrained classes "
+                         "(e.g. {\"labels\": {\"1\": {\"name\": \"kidney\", \"from\": [\"kidney_left\", "
+                         "\"kidney_right\"]}}}; see docs/finetuning.md)")
         return "\n".join(lines)
 
 
@@ -67,13 +77,27 @@ def architecture_of(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 def describe(arch: Mapping) -> str:
     """'stunet_large' for a preset's depths and widths, else the lists."""
-    depths, widths = list(arch["depths"]), list(arch["widths"])
-    base = widths[0]
-    preset = PRESETS.get((depths[0], base))
-    if preset and depths == [depths[0]] * len(depths) and widths == [base * min(2 ** i, 16) for i in
-                                                                      range(len(widths))]:
-        return preset
-    return f"a custom STU-Net (depths {depths}, widths {widths})"
+    return preset_of(arch["depths"], arch["widths"]) or (
+        f"a custom STU-Net (depths {list(arch['depths'])}, widths {list(arch['widths'])})")
+
+
+def _check_tensors(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:
+    """Every tensor of the network is in the checkpoint with its shape (heads and first layer may differ in classes
+    and input channels); otherwise one line naming the tensor."""
+    missing = [k for k in target if k not in source]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise IncompatibleWeightsError(f"the checkpoint lacks tensor {missing[0]}{more}: it is incomplete or not "
+                                       f"an STU-Net of this layout")
+    for key, tensor in target.items():
+        got, want = tuple(source[key].shape), tuple(tensor.shape)
+        if key.startswith(CLASSIFIER):
+            got, want = got[1:], want[1:]  # the class count may differ
+        elif key in FIRST_LAYER:
+            got, want = got[:1] + got[2:], want[:1] + want[2:]  # the input channels may differ
+        if got != want:
+            raise IncompatibleWeightsError(f"tensor {key} has shape {tuple(source[key].shape)} in the checkpoint but "
+                                           f"{tuple(tensor.shape)} in the network")
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -101,11 +125,12 @@ def transfer_weights(model: STUNet, source: Mapping[str, torch.Tensor],
     if not same_classes and source_labels and target_labels:
         rows = {t: s for t, s in match_labels(target_labels, source_labels, name_map).items()
                 if t < dst_arch["num_classes"] and all(i < src_arch["num_classes"] for i in s)}
-    report = TransferReport()
     state = model.state_dict()
+    _check_tensors(source, state)
+    report = TransferReport()
     with torch.no_grad():
         for key, tensor in state.items():
-            if key.startswith("seg_outputs."):
+            if key.startswith(CLASSIFIER):
                 if same_classes:
                     tensor.copy_(source[key])
                     report.transferred.append(key)
@@ -119,5 +144,7 @@ def transfer_weights(model: STUNet, source: Mapping[str, torch.Tensor],
             else:
                 tensor.copy_(source[key])
                 report.transferred.append(key)
+    if not same_classes:
+        report.unmatched = sorted(t for t in range(dst_arch["num_classes"]) if t not in rows)
     report.head_rows = rows
     return report

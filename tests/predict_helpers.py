@@ -22,8 +22,7 @@ LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_ri
 def make_model_folder(folder: Path, channels: int = 1, labels: dict = LABELS, seed: int = 0) -> Path:
     """An nnU-Net model folder (fold 0) of STUNetTrainer_small with 16×32×32 patches at 1.5 mm and random weights
     whose heads are scaled up, so that its logits rarely tie."""
-    template = get_pretrained_config("stunet_small.totalseg104")
-    config = {**template, "preprocessing": {**template["preprocessing"], "patch_size": [16, 32, 32]}}
+    config = get_pretrained_config("stunet_small.totalseg104").with_preprocessing(patch_size=[16, 32, 32])
     plans = plans_for_pretrained(config, "Dataset999_Test", num_channels=channels)
     dataset_json = {"channel_names": {str(c): f"channel{c}" for c in range(channels)}, "labels": labels,
                     "numTraining": 0, "file_ending": ".nii.gz"}

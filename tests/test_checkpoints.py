@@ -43,7 +43,7 @@ def test_round_trip_small_105_classes(fmt, small_105, tmp_path):
     _assert_same(checkpoint.state_dict, small_105)
     model = stunet.create_model("stunet_small", pretrained=path)  # the released architecture, strict
     _assert_same(model.state_dict(), small_105)
-    assert model.config.strides[-1] == (1, 1, 2) and model.pretrained_config["name"] == "stunet_small.totalseg104"
+    assert model.config.strides[-1] == (1, 1, 2) and model.pretrained_config.name == "stunet_small.totalseg104"
 
 
 @pytest.mark.parametrize("fmt", WRITERS)

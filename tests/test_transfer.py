@@ -4,11 +4,11 @@ import torch
 
 import stunet
 from stunet.finetune import PolyLRPerGroup, parameter_groups
-from stunet.pretrained import get_pretrained_config, label_names
+from stunet.pretrained import get_pretrained_config
 from stunet.transfer import IncompatibleWeightsError, transfer_weights
 
 TINY = dict(depths=[1, 2, 1], widths=[4, 8, 8], strides=[2, 2])
-TOTALSEG = label_names(get_pretrained_config("stunet_small.totalseg104"))
+TOTALSEG = get_pretrained_config("stunet_small.totalseg104").labels
 
 
 def _tiny(seed, **kwargs):
