@@ -1,8 +1,14 @@
-"""Scaling, dimensionality, registry and input checks of the STU-Net builders (no reference material needed)."""
+"""Scaling, dimensionality, registry and input checks of the STU-Net builders, and their 1×1 convolutions' fast path
+(no reference material needed)."""
+import copy
+import warnings
+from unittest import mock
+
 import pytest
 import torch
 
 import stunet
+from stunet.blocks import ResidualBlock, UpsampleConv
 from stunet.complexity import measure
 
 TINY = dict(depths=[1, 2, 1], widths=[4, 8, 8])
@@ -126,3 +132,129 @@ def test_activation_estimate_matches_real_saved_tensors():
     per_stage = measure(model.config, (16, 16, 16), activation_checkpointing="stage").activation_bytes
     per_block = measure(model.config, (16, 16, 16), activation_checkpointing="block").activation_bytes
     assert per_stage < estimate and per_block < estimate
+
+
+def _pointwise_convs(model):
+    """A segmentation head, a residual block's strided 1×1 projection and an upsampling layer's 1×1 convolution."""
+    projection = next(b.conv3 for b in model.modules() if isinstance(b, ResidualBlock) and b.conv3 is not None
+                      and any(s != 1 for s in b.conv3.stride))
+    upsample = next(m.conv for m in model.modules() if isinstance(m, UpsampleConv))
+    return {"head": model.seg_outputs[-1], "projection": projection, "upsample": upsample}
+
+
+@pytest.fixture
+def small_model():
+    torch.manual_seed(0)
+    model = stunet.create_model("stunet_small", num_classes=3, strides=[2, 2], **TINY).eval()
+    return model, torch.randn(2, 1, 8, 8, 8)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pointwise_fast_path_equals_the_convolution(dims):
+    """Without hooks the 1×1 convolutions run as matrix products (not through the module) with conv(x)'s result."""
+    from stunet.blocks import pointwise
+
+    torch.manual_seed(0)
+    conv_class = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+    x = torch.randn(2, 6, *[7] * dims)
+    for conv in (conv_class(6, 5, 1), conv_class(6, 5, 1, stride=2), conv_class(6, 5, 1, bias=False)):
+        with mock.patch.object(conv_class, "_conv_forward", autospec=True, side_effect=conv_class._conv_forward) as spy:
+            fast = pointwise(conv, x)
+        assert spy.call_count == 0
+        torch.testing.assert_close(fast, conv(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["head", "projection", "upsample"])
+def test_pointwise_convs_run_their_forward_hooks(small_model, where):
+    """A forward hook on a 1×1 convolution fires and its replacement output is used; removed, the fast path returns
+    the same output as before."""
+    model, x = small_model
+    conv = _pointwise_convs(model)[where]
+    with torch.no_grad():
+        plain = model(x)[0]
+        seen = []
+        handle = conv.register_forward_hook(lambda m, i, out: seen.append(out.shape) or out * 0)
+        hooked = model(x)[0]
+        handle.remove()
+        again = model(x)[0]
+    assert len(seen) == 1
+    assert not torch.allclose(hooked, plain)
+    if where == "head":
+        torch.testing.assert_close(hooked, torch.zeros_like(hooked), rtol=0, atol=0)
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)
+
+
+def test_pointwise_convs_run_pre_hooks_and_global_hooks(small_model):
+    """Forward pre-hooks (which may replace the input), and global module hooks, see every 1×1 convolution."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    model, x = small_model
+    convs = _pointwise_convs(model)
+    called = []
+    handles = [register_module_forward_pre_hook(lambda m, i: called.append(m)),
+               register_module_forward_hook(lambda m, i, o: called.append(m))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for conv in convs.values():
+        assert sum(m is conv for m in called) == 2
+    head = convs["head"]
+    handle = head.register_forward_pre_hook(lambda m, inputs: (torch.zeros_like(inputs[0]),))
+    with torch.no_grad():
+        out = model(x)[0]
+    handle.remove()
+    torch.testing.assert_close(out, head.bias.view(1, -1, 1, 1, 1).expand_as(out), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("where", ["head", "projection", "upsample"])
+def test_pointwise_convs_use_parametrized_weights(small_model, where):
+    """A parametrization (torch.nn.utils.parametrize) of a 1×1 convolution's weight is applied in the forward pass,
+    like writing the parametrized weight into the module; spectral norm's power iteration runs in training."""
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Doubled(torch.nn.Module):
+        calls = 0
+
+        def forward(self, weight):
+            Doubled.calls += 1
+            return 2 * weight
+
+    model, x = small_model
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        _pointwise_convs(reference)[where].weight.mul_(2)
+        expected = reference(x)[0]
+        conv = _pointwise_convs(model)[where]
+        parametrize.register_parametrization(conv, "weight", Doubled())
+        with mock.patch.object(torch.nn.Conv3d, "_conv_forward", autospec=True,
+                               side_effect=torch.nn.Conv3d._conv_forward) as spy:
+            out = model(x)[0]
+    assert Doubled.calls >= 1 and any(call.args[0] is conv for call in spy.call_args_list)  # through the module
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+    conv = _pointwise_convs(reference)[where]
+    parametrizations.spectral_norm(conv)
+    reference.train()
+    before = conv.parametrizations.weight[0]._u.clone()
+    reference(x)
+    assert not torch.equal(conv.parametrizations.weight[0]._u, before)  # its power iteration ran
+
+
+@pytest.mark.parametrize("where", ["head", "projection", "upsample"])
+def test_pointwise_convs_follow_hook_based_weight_norm(small_model, where):
+    """The deprecated torch.nn.utils.weight_norm recomputes the weight in a forward pre-hook: a changed magnitude
+    (weight_g) takes effect in the next forward pass."""
+    model, x = small_model
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        _pointwise_convs(reference)[where].weight.mul_(3)
+        expected = reference(x)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            conv = torch.nn.utils.weight_norm(_pointwise_convs(model)[where])
+        conv.weight_g.mul_(3)
+        out = model(x)[0]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
