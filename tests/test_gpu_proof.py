@@ -1,0 +1,55 @@
+"""benchmarks/gpu_proof.py's CPU dry run: the GPU proof's code paths with tiny shapes, so that the script runs unchanged
+the day a GPU is lent. Every item must give a figure or an error of the environment, never one of the harness."""
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_proof.py"
+# exceptions that mean a bug in the script (or a library API it calls that changed), not a limit of the machine
+HARNESS_BUGS = re.compile(r"\b(NameError|TypeError|AttributeError|KeyError|IndexError|UnboundLocalError|ImportError|"
+                          r"ModuleNotFoundError|SyntaxError|AssertionError)\b")
+
+
+def _dry_run(out: Path, sections: str, timeout: float) -> list[dict]:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--sections", sections,
+                           "--out", str(out), "--work", str(out / "work")], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    md, table = out / "gpu_proof_cpu_tiny.md", out / "gpu_proof_cpu_tiny.csv"
+    assert md.is_file() and table.is_file()
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    bugs = [f"[{r['section']}] {r['item']}: {r['error']}" for r in rows if HARNESS_BUGS.search(r["error"])]
+    assert not bugs, "\n".join(bugs)
+    for r in rows:
+        assert r["status"] in ("ok", "error", "OOM", "skipped"), r
+        assert r["status"] != "ok" or r["value"], r  # a figure for every item that worked
+        assert r["status"] == "ok" or r["error"], r  # the error for every other
+    text = md.read_text()
+    assert "torch " in text and "CPU: " in text and "Total wall time" in text
+    return rows
+
+
+def test_dry_run_of_training_steps_and_prediction(tmp_path):
+    rows = _dry_run(tmp_path, "A,C", timeout=600)
+    small = [r for r in rows if r["section"] == "A" and r["model"] == "stunet_small" and r["status"] == "ok"]
+    assert small and float(small[0]["value"]) > 0
+    assert any(r["precision"] == "bf16" for r in small) and any(r["precision"] == "fp16->fp32" for r in small)
+    assert {r["section"] for r in rows} == {"A", "C"}
+    text = (tmp_path / "gpu_proof_cpu_tiny.md").read_text()
+    assert "H in 24 GB" in text
+
+
+@pytest.mark.slow
+def test_dry_run_of_nnunet_commands(tmp_path):
+    rows = _dry_run(tmp_path, "B", timeout=1200)
+    by_item = {r["item"]: r for r in rows}
+    plan = next(r for r in rows if r["item"].startswith("nnUNetv2_plan_and_preprocess"))
+    assert plan["status"] == "ok", plan
+    fp16 = next(r for r in rows if "STUNetTrainer_small_ft_smoke" in r["item"])
+    assert fp16["status"] == "ok" and "finite" in fp16["details"] and "pretrained weights loaded" in fp16["details"], \
+        by_item
