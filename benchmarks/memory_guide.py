@@ -2,10 +2,10 @@
 
     python benchmarks/memory_guide.py      # seconds; writes results/memory_guide.md
 
-Estimated training memory = batch × stored activations (stunet.complexity.measure, counted on the meta device)
-× 0.5 for mixed precision (16-bit activations; InstanceNorm statistics and a few tensors stay in fp32, so this is a
-slight underestimate) + 12 bytes per parameter (fp32 weights, gradients, SGD momentum) + 1.5 GiB for the CUDA
-context, cuDNN workspaces and allocator slack. Not measurements: check them with benchmarks/forward.py --device cuda.
+Estimated training memory: stunet.complexity.Complexity.gpu_training_bytes (the model stunet-plans sizes patches and
+batches with) = batch × stored activations (counted on the meta device) × 0.5 for mixed precision + 12 bytes per
+parameter (fp32 weights, gradients, SGD momentum) + 1.5 GiB for the CUDA context, cuDNN workspaces and allocator
+slack. Not measurements: check them with benchmarks/gpu_proof.py on a GPU.
 """
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from stunet.complexity import measure
 GIB = 2 ** 30
 GPUS = (12, 24, 40, 80)
 PATCHES = ((128, 128, 128), (96, 96, 96), (64, 64, 64))
-OVERHEAD = 1.5 * GIB
 
 
 def estimate(config, patch, batch, checkpointing) -> float:
-    c = measure(config, patch, activation_checkpointing=checkpointing)
-    return (batch * c.activation_bytes * 0.5 + c.weight_and_optimizer_bytes + OVERHEAD) / GIB
+    return measure(config, patch, activation_checkpointing=checkpointing).gpu_training_bytes(batch) / GIB
 
 
 def main() -> None:

@@ -11,6 +11,9 @@ from stunet.config import STUNetConfig
 from stunet.network import STUNet
 
 
+GPU_OVERHEAD_BYTES = int(1.5 * 2 ** 30)
+
+
 @dataclass(frozen=True)
 class Complexity:
     parameters: int
@@ -25,6 +28,13 @@ class Complexity:
     def training_bytes(self, batch_size: int) -> int:
         """Estimated training memory: stored activations for the batch plus weights, gradients and momentum."""
         return batch_size * self.activation_bytes + self.weight_and_optimizer_bytes
+
+    def gpu_training_bytes(self, batch_size: int) -> int:
+        """Estimated GPU memory of mixed-precision training (nnU-Net's default on CUDA): 16-bit stored activations
+        (half the fp32 figure; InstanceNorm statistics and a few tensors stay in fp32, so slightly under), fp32
+        weights, gradients and momentum, and :data:`GPU_OVERHEAD_BYTES` for the CUDA context, cuDNN workspaces and
+        allocator slack. An estimate, not a measurement."""
+        return int(batch_size * self.activation_bytes * 0.5) + self.weight_and_optimizer_bytes + GPU_OVERHEAD_BYTES
 
 
 def _saved_bytes(model: STUNet, x: torch.Tensor, units: str) -> tuple[int, dict[int, int], int]:

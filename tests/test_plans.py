@@ -1,30 +1,45 @@
-"""stunet-plans: a downstream dataset with the released models' preprocessing, preprocessed by nnU-Net."""
+"""STU-Net plans (stunet-plans, stunet.nnunet_planner): the architecture lives in the plans, nnU-Net's own
+get_network_from_plans builds it, the stock nnUNetTrainer trains it and nnUNetv2_predict predicts with it."""
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_helpers import run
+from nnunet_helpers import assert_same_geometry, run
+from stunet.nnunet_network import NETWORK_CLASS_NAME, architecture_for_plans
+from stunet.nnunet_planner import PLANNERS
+from stunet.nnunet_plugins import stunet_trainers
+from stunet.network import STUNet
+
+GIB = 2 ** 30
 
 
 def test_pretraining_preprocessing_for_a_dataset(planned_dataset):
     root, folder, env = planned_dataset
     log = run(["stunet-plans", "-d", "990", "--pretrained", "stunet_small.totalseg104", "--patch-size", "32", "32",
                "64", "--preprocess", "-np", "1"], env)
-    assert "next: nnUNetv2_train 990 3d_fullres 0 -tr STUNetTrainer_small_ft -p STUNetPlans_totalseg104" in log
+    assert ("nnUNetv2_train 990 3d_fullres 0 -p STUNetPlans_small_totalseg104 -tr STUNetTrainer_small_ft "
+            "-pretrained_weights small_ep4k.model") in log
+    assert "nnUNetv2_preprocess" not in log.split("next:")[1]  # --preprocess ran it
     preprocessed = root / "preprocessed" / folder.name
-    plans = json.loads((preprocessed / "STUNetPlans_totalseg104.json").read_text())
+    plans = json.loads((preprocessed / "STUNetPlans_small_totalseg104.json").read_text())
     config = plans["configurations"]["3d_fullres"]
     assert config["spacing"] == [1.5, 1.5, 1.5] and config["patch_size"] == [32, 32, 64]
     assert config["normalization_schemes"] == ["ZScoreNormalization"] and plans["transpose_forward"] == [0, 1, 2]
+    assert plans["image_reader_writer"] == "SimpleITKIO"
+    assert config["architecture"]["network_class_name"] == NETWORK_CLASS_NAME
     assert config["architecture"]["arch_kwargs"]["strides"][1:] == [[2, 2, 2]] * 4 + [[1, 1, 2]]
-    cases = sorted((preprocessed / "STUNetPlans_totalseg104_3d_fullres").glob("*.pkl"))
+    cases = sorted((preprocessed / "STUNetPlans_small_totalseg104_3d_fullres").glob("*.pkl"))
     assert len(cases) == 10
-    # 24 x 32 x 32 voxels at (2.0, 0.9, 0.9) mm -> 1.5 mm
-    import pickle
-    properties = pickle.loads(cases[0].read_bytes())
+    properties = pickle.loads(cases[0].read_bytes())  # 24 x 32 x 32 voxels at (2.0, 0.9, 0.9) mm -> 1.5 mm
     assert np.allclose(properties["spacing"], [2.0, 0.9, 0.9], atol=1e-4)
 
 
@@ -38,3 +53,99 @@ def test_refuses_an_indivisible_patch_and_existing_plans(planned_dataset):
     subprocess.run(args + ["--plans-name", "Y"], env=env, check=True, capture_output=True)
     done = subprocess.run(args + ["--plans-name", "Y"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "--overwrite" in done.stderr
+    done = subprocess.run(args + ["--plans-name", "../elsewhere"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "plain name" in done.stderr
+
+
+# nnU-Net's own nnUNetTrainer, its schedule shortened on the instance (nnU-Net's shortest stock variant trains 250
+# iterations), run as nnUNetv2_train runs it
+STOCK_TRAINING = """
+import torch
+from nnunetv2.run.run_training import get_trainer_from_args
+trainer = get_trainer_from_args("990", "3d_fullres", 0, "nnUNetTrainer", "STUNetPlans_small", device=torch.device("cpu"))
+assert type(trainer).__module__ == "nnunetv2.training.nnUNetTrainer.nnUNetTrainer"
+trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 1, 5, 2
+trainer.run_training()
+trainer.perform_actual_validation()
+"""
+
+
+def test_stock_trainer_trains_stunet_plans_and_nnunet_predicts(planned_dataset, tmp_path):
+    """Plans from the dataset's own fingerprint, nnU-Net's nnUNetTrainer and nnUNetv2_predict."""
+    root, folder, env = planned_dataset
+    log = run(["stunet-plans", "-d", "990", "--model", "stunet_small", "--preprocess", "-np", "1"], env)
+    assert "3d_fullres: stunet_small" in log
+    done = subprocess.run([sys.executable, "-c", STOCK_TRAINING], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = root / "results" / folder.name / "nnUNetTrainer__STUNetPlans_small__3d_fullres"
+    plans = json.loads((results / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] == NETWORK_CLASS_NAME
+    weights = torch.load(results / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    with torch.device("meta"):
+        published = STUNet(1, 3, [1] * 6, [16, 32, 64, 128, 256, 256], [[2, 2, 2]] * 5).state_dict()
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in published.items()}
+    out = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(out), "-d", "990", "-c", "3d_fullres", "-f",
+         "0", "-p", "STUNetPlans_small", "-tr", "nnUNetTrainer", "-device", "cpu", "-npp", "1", "-nps", "1",
+         "--disable_tta"], env)
+    for reference in sorted((folder / "labelsTs").glob("*.nii.gz")):
+        assert_same_geometry(out / reference.name, reference)
+    # the STU-Net trainer of that size takes the same plans and builds the same network
+    pm = PlansManager(plans)
+    with torch.device("meta"):
+        net = stunet_trainers.STUNetTrainer_small.build_network_architecture(
+            pm, pm.get_configuration("3d_fullres"), 1, 3, False)
+        with pytest.raises(ValueError, match="the plans describe stunet_small but STUNetTrainer_large"):
+            stunet_trainers.STUNetTrainer_large.build_network_architecture(
+                pm, pm.get_configuration("3d_fullres"), 1, 3, False)
+    assert list(net.state_dict()) == list(weights)
+
+
+def test_get_network_from_plans_builds_released_layout_with_options():
+    import stunet
+    with torch.device("meta"):
+        config = stunet.create_model("stunet_large.totalseg104").config
+        arch = architecture_for_plans(config, "block")
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     1, 105, deep_supervision=False)
+    assert sum(p.numel() for p in net.parameters()) == 440_302_605
+    assert net.config.strides[-1] == (1, 1, 2) and net.activation_checkpointing == "block"
+    assert net.deep_supervision is False
+
+
+def _planner(model_name, budget_gb, checkpointing=False):
+    """A planner without a dataset, for its patch and batch rules."""
+    planner = object.__new__(PLANNERS[model_name])
+    planner.UNet_vram_target_GB, planner.UNet_min_batch_size, planner.max_dataset_covered = budget_gb, 2, 0.05
+    planner.fixed_patch_size, planner.pretrained, planner._estimates = None, None, {}
+    planner.activation_checkpointing = checkpointing
+    planner.dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}}
+    planner.preprocessor_name, planner.label_map = "DefaultPreprocessor", None
+    planner.dataset_fingerprint = {"spacings": [[1.5, 1.5, 1.5]], "shapes_after_crop": [[300, 300, 300]],
+                                   "median_relative_size_after_cropping": 1.0}
+    planner.anisotropy_threshold = 3
+    return planner
+
+
+@pytest.mark.parametrize("model_name", ["stunet_base", "stunet_large"])
+def test_patch_and_batch_fit_the_memory_budget(model_name):
+    plans = {}
+    for budget in (12, 24, 80):
+        plan = _planner(model_name, budget).get_plans_for_configuration([1.5] * 3, [300] * 3, "x", 300 ** 3 * 1000,
+                                                                          {})
+        plans[budget] = plan
+        assert plan["stunet_estimated_gpu_memory_gb"] * GIB <= budget * GIB
+        with torch.device("meta"):
+            net = get_network_from_plans(plan["architecture"]["network_class_name"],
+                                         plan["architecture"]["arch_kwargs"], [], 1, 2, allow_init=False)
+        assert all(p % d == 0 for p, d in zip(plan["patch_size"], net.config.total_stride))
+    size = {b: np.prod(p["patch_size"]) * p["batch_size"] for b, p in plans.items()}
+    assert size[12] <= size[24] <= size[80] and size[12] < size[80]
+
+
+def test_checkpointing_in_the_plans_buys_a_larger_patch():
+    plain = _planner("stunet_large", 12).get_plans_for_configuration([1.5] * 3, [300] * 3, "x", 1e12, {})
+    ckpt = _planner("stunet_large", 12, "stage").get_plans_for_configuration([1.5] * 3, [300] * 3, "x", 1e12, {})
+    assert np.prod(ckpt["patch_size"]) > np.prod(plain["patch_size"])
+    assert ckpt["architecture"]["arch_kwargs"]["activation_checkpointing"] == "stage"

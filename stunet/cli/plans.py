@@ -1,24 +1,28 @@
-"""``stunet-plans``: give a dataset the released models' preprocessing (spacing, normalisation, patch size, strides).
+"""``stunet-plans``: STU-Net plans for an nnU-Net dataset, so that nnU-Net's own commands train and predict STU-Nets.
 
-Fine-tuned weights transfer best when the downstream data look like the pretraining data. This writes nnU-Net plans
-``<plans name>.json`` for the dataset with the pretrained model's preprocessing (see stunet.nnunet_plans), running
-nnU-Net's fingerprint extraction first if needed, and with ``--preprocess`` runs nnUNetv2_preprocess on them.
+The plans hold the whole architecture (``-p PLANS`` makes ``nnUNetv2_train`` with any trainer, the stock
+``nnUNetTrainer`` included, train this STU-Net). Preprocessing comes from the dataset's fingerprint as nnU-Net plans
+it, or with ``--pretrained`` from a released model's pretraining (spacing, z-score per image, patch size, strides), so
+fine-tuned weights see data like their pretraining data. Patch and batch size fit the GPU memory budget by the
+memory model of ``stunet-info``. See stunet.nnunet_planner.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from stunet.nnunet_plans import CONFIGURATION, plans_for_pretrained
+from stunet.labels import list_label_maps
+from stunet.presets import PRESETS
 from stunet.pretrained import get_pretrained_config, list_pretrained
-from stunet.registry import create_model
+
+EPILOG = """examples:
+  stunet-plans -d 4 --model stunet_large --preprocess                       # STUNetPlans_large from the dataset
+  stunet-plans -d 4 --pretrained stunet_base.totalseg104 --preprocess       # the pretraining preprocessing
+  stunet-plans -d 4 --model stunet_huge --gpu-memory 40 --activation-checkpointing stage"""
 
 
 def _nnunet(command: list[str]) -> None:
@@ -36,54 +40,89 @@ def _dataset_folder(root: Path, dataset: str) -> Path:
     return found[0]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="stunet-plans", description=__doc__.split(": ", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="then: nnUNetv2_train ID 3d_fullres FOLD -tr STUNetTrainer_<size>_ft "
-                                            "-p PLANS_NAME -pretrained_weights FILE")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stunet-plans", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name in nnUNet_raw")
-    parser.add_argument("--pretrained", required=True, choices=list_pretrained(), help="whose preprocessing")
-    parser.add_argument("--plans-name", default=None, help="default: STUNetPlans_<tag>, e.g. STUNetPlans_totalseg104")
-    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                        help="another patch size (default the pretraining's; smaller GPUs), a multiple of the strides")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", choices=list(PRESETS), help="the STU-Net size, preprocessing from the dataset")
+    which.add_argument("--pretrained", choices=list_pretrained(), help="a released model: its size and its "
+                                                                        "pretraining preprocessing")
+    parser.add_argument("--gpu-memory", type=float, default=24, metavar="GB",
+                        help="GPU memory budget that patch and batch size must fit (default 24)")
+    parser.add_argument("--activation-checkpointing", choices=["stage", "block"],
+                        help="recompute activations in the backward pass (less memory, about a third more compute); "
+                             "stored in the plans and counted in the budget")
+    parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                        help="fix the 3d_fullres patch size (default: the largest that fits, or the pretraining's)")
+    parser.add_argument("--label-map", help="for label-aware fine-tuning: a shipped map (" + ", ".join(
+        list_label_maps()) + ") or a JSON file naming the pretrained classes of each label; stored in the plans")
+    parser.add_argument("--plans-name", default=None,
+                        help="default: STUNetPlans_<size>, with --pretrained STUNetPlans_<size>_<tag>")
     parser.add_argument("--preprocess", action="store_true", help="run nnUNetv2_preprocess with the new plans")
+    parser.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"],
+                        help="configurations to preprocess (default 3d_fullres)")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="processes for nnU-Net (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing plans of that name")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
     missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed") if not os.environ.get(v)]
     if missing:
         parser.exit(2, f"stunet-plans: error: set {' and '.join(missing)} (nnU-Net's folders) first\n")
-    config = get_pretrained_config(args.pretrained)
+    if args.plans_name is not None and (not args.plans_name or "/" in args.plans_name or ".." in args.plans_name):
+        parser.exit(2, f"stunet-plans: error: --plans-name must be a plain name, got {args.plans_name!r}\n")
+    pretrained = get_pretrained_config(args.pretrained) if args.pretrained else None
+    model = pretrained.model if pretrained else args.model
+    if args.label_map and args.label_map not in list_label_maps() and not Path(args.label_map).is_file():
+        parser.exit(2, f"stunet-plans: error: --label-map {args.label_map}: neither a shipped map nor a file\n")
     if args.patch_size:
-        config = {**config, "preprocessing": {**config["preprocessing"], "patch_size": args.patch_size}}
-        with torch.device("meta"):
-            net_config = create_model(config["model"], **config["architecture"]).config
-        bad = [(a, p, d) for a, (p, d) in enumerate(zip(args.patch_size, net_config.total_stride)) if p % d]
-        if bad:
-            parser.exit(2, "stunet-plans: error: --patch-size must be a multiple of the total stride "
-                           f"{net_config.total_stride} on each axis; not so on axis " +
-                           ", ".join(f"{a} ({p} vs {d})" for a, p, d in bad) + "\n")
-    plans_name = args.plans_name or f"STUNetPlans_{config['name'].split('.')[1]}"
+        network = pretrained.network_config() if pretrained else None
+        if network is not None:
+            bad = [(a, p, d) for a, (p, d) in enumerate(zip(args.patch_size, network.total_stride)) if p % d]
+            if len(args.patch_size) != 3 or bad:
+                parser.exit(2, "stunet-plans: error: --patch-size takes 3 numbers, each a multiple of the total "
+                               f"stride {network.total_stride}; not so on axis " +
+                               ", ".join(f"{a} ({p} vs {d})" for a, p, d in bad) + "\n")
+
     raw = _dataset_folder(Path(os.environ["nnUNet_raw"]), args.dataset)
-    dataset_id = raw.name[len("Dataset"):len("Dataset") + 3]
+    dataset_id = str(int(raw.name[len("Dataset"):len("Dataset") + 3]))
     preprocessed = Path(os.environ["nnUNet_preprocessed"]) / raw.name
-    plans_file = preprocessed / f"{plans_name}.json"
-    if plans_file.exists() and not args.overwrite:
-        parser.exit(2, f"stunet-plans: error: {plans_file} exists; pass --overwrite or another --plans-name\n")
-    fingerprint_file = preprocessed / "dataset_fingerprint.json"
-    if not fingerprint_file.exists():
+    if not (preprocessed / "dataset_fingerprint.json").exists():
         _nnunet(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", str(args.num_processes)])
-    fingerprint = json.loads(fingerprint_file.read_text())
-    channels = len(json.loads((raw / "dataset.json").read_text())["channel_names"])
-    plans = plans_for_pretrained(config, raw.name, plans_name, channels, fingerprint)
-    plans_file.write_text(json.dumps(plans, indent=2))
-    shutil.copyfile(raw / "dataset.json", preprocessed / "dataset.json")  # as nnU-Net's planner does
-    pre = config["preprocessing"]
-    print(f"wrote {plans_file}: {CONFIGURATION} at {pre['spacing']} mm, z-score per image, patch {pre['patch_size']}, "
-          f"strides {config['architecture']['strides']} ({config['name']})")
+
+    from stunet.nnunet_planner import PLANNERS  # imports nnU-Net: after the argument checks
+    planner = PLANNERS[model](raw.name, gpu_memory_target_in_gb=args.gpu_memory, plans_name=args.plans_name,
+                              pretrained=pretrained, activation_checkpointing=args.activation_checkpointing or False,
+                              patch_size=args.patch_size, label_map=args.label_map)
+    plans_file = preprocessed / f"{planner.plans_identifier}.json"
+    if plans_file.exists():
+        if not args.overwrite:
+            parser.exit(2, f"stunet-plans: error: {plans_file} exists; pass --overwrite or another --plans-name\n")
+        plans_file.unlink()  # nnU-Net's planner would keep its other configurations
+    plans = planner.plan_experiment()
+    for name, configuration in plans["configurations"].items():
+        if "architecture" not in configuration:
+            continue
+        arch = configuration["architecture"]["arch_kwargs"]
+        print(f"{name}: {model}, patch {configuration['patch_size']} at {configuration['spacing']} mm, batch "
+              f"{configuration['batch_size']}, strides {arch['strides'][1:]}, "
+              f"{', '.join(configuration['normalization_schemes'])}; estimated "
+              f"{configuration['stunet_estimated_gpu_memory_gb']} GB of the {args.gpu_memory:g} GB budget")
+    print(f"wrote {plans_file}" + (f" ({pretrained.name}'s preprocessing)" if pretrained else ""))
+    plans_name = planner.plans_identifier
     if args.preprocess:
-        _nnunet(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans_name, "-c", CONFIGURATION,
-                 "-np", str(args.num_processes)])
-    print(f"next: nnUNetv2_train {dataset_id} {CONFIGURATION} 0 -tr STUNetTrainer_{config['model'].split('_')[1]}_ft "
-          f"-p {plans_name} -pretrained_weights {config['checkpoint']['file']}")
+        _nnunet(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans_name, "-c", *args.configurations,
+                 "-np", *[str(args.num_processes)] * len(args.configurations)])
+    size = PRESETS[model].size
+    steps = [] if args.preprocess else [
+        f"nnUNetv2_preprocess -d {dataset_id} -plans_name {plans_name} -c 3d_fullres -np {args.num_processes}"]
+    if pretrained:
+        steps.append(f"nnUNetv2_train {dataset_id} 3d_fullres 0 -p {plans_name} -tr STUNetTrainer_{size}_ft "
+                     f"-pretrained_weights {pretrained.checkpoint_file}    # fine-tune the released weights")
+    steps.append(f"nnUNetv2_train {dataset_id} 3d_fullres 0 -p {plans_name} -tr STUNetTrainer_{size}"
+                 f"    # from scratch (any trainer takes these plans; see stunet-info --trainers)")
+    print("next:\n  " + "\n  ".join(steps))
