@@ -10,15 +10,18 @@ from pathlib import Path
 import torch
 
 from stunet.atomic import atomic_write
-from stunet.checkpoint import Checkpoint
+from stunet.checkpoint import Checkpoint, CheckpointError
 from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
 from stunet.presets import PRESETS, preset_of
 from stunet.pretrained import released_config_for, source_labels
-from stunet.transfer import architecture_of, describe
+from stunet.transfer import IncompatibleWeightsError, architecture_of, check_state_dict, describe
 
 def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
     """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint."""
-    arch = architecture_of(checkpoint.state_dict)
+    try:
+        arch = check_state_dict(checkpoint.state_dict)
+    except IncompatibleWeightsError as e:
+        raise CheckpointError(f"{checkpoint.path}: {e}") from None
     plans, dataset_json, trainer = checkpoint.plans, checkpoint.dataset_json, checkpoint.trainer_name
     mirroring = checkpoint.mirroring_axes
     if checkpoint.format != "nnunet-v2":

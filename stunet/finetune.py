@@ -12,7 +12,7 @@ import weakref
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
-from stunet.checkpoint import strip_wrapper_prefix
+from stunet.checkpoint import CheckpointError, strip_wrapper_prefix
 
 HEADS = "seg_outputs."
 ENCODER = "conv_blocks_context."
@@ -71,15 +71,19 @@ def route_pretrained_loading(trainer) -> None:
         stock = run_training.load_pretrained_weights
 
         def load_pretrained_weights(network, fname, verbose=False):
-            owner = _TRAINERS.get(network)
+            owner = _TRAINERS.get(network, lambda: None)()
             if owner is None:
                 return stock(network, fname, verbose)
-            return owner.load_pretrained_weights(fname)
+            try:
+                return owner.load_pretrained_weights(fname)
+            except CheckpointError as e:  # a user's file: one line naming it, not a traceback
+                raise SystemExit(f"nnUNetv2_train: error: -pretrained_weights {e}") from None
 
         load_pretrained_weights.stunet_dispatch = True
         load_pretrained_weights.stock = stock
         run_training.load_pretrained_weights = load_pretrained_weights
-    _TRAINERS[trainer.network] = trainer
+    _TRAINERS[trainer.network] = weakref.ref(trainer)
 
 
-_TRAINERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # network -> the STU-Net trainer that built it
+# network -> the STU-Net trainer that built it; weak both ways, so that neither outlives its training
+_TRAINERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

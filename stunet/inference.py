@@ -30,9 +30,10 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compu
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from stunet.checkpoint import load_checkpoint
+from stunet.checkpoint import CheckpointError, load_checkpoint
 from stunet.network import STUNet
 from stunet.resample import axis_orders, resample_chunks
+from stunet.transfer import IncompatibleWeightsError, check_tensors
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -109,6 +110,11 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
             configuration, trainer_name = checkpoint.configuration, checkpoint.trainer_name
             mirror_axes = checkpoint.mirroring_axes
         network = _build_from_trainer(trainer_name, plans_manager, configuration, dataset_json)
+        try:
+            check_tensors(checkpoint.state_dict, network.state_dict(), exact=True)
+        except IncompatibleWeightsError as e:
+            raise CheckpointError(f"{checkpoint.path}: {e} (network of {trainer_name} for {folder / 'plans.json'})"
+                                  ) from None
         network.load_state_dict(checkpoint.state_dict)
         networks.append(network)
     return Model(networks, plans, configuration, dataset_json, mirror_axes,

@@ -76,15 +76,22 @@ class STUNetTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for klass in reversed(type(self).__mro__):
-            for name, value in vars(klass).get("settings", {}).items():
-                setattr(self, name, value)
+        for name, value in self.merged_settings().items():
+            setattr(self, name, value)
         if self.device.type == "cpu":
             reuse_freed_memory()  # about twice as fast on CPUs, see stunet.cpu_memory
         self.stunet_options = self._options()
         if self.stunet_options["precision"] == "bf16" and self.device.type == "cuda":
             self.grad_scaler = None  # bfloat16 has float32's range: no loss scaling
         self.pretrained_report = None
+
+    @classmethod
+    def merged_settings(cls) -> dict:
+        """The ``settings`` of every class of this trainer, the name parts' over the base's."""
+        merged = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("settings", {}))
+        return merged
 
     def _options(self) -> dict:
         """Each STU-Net option in force and where it comes from (written to the log and debug.json)."""
@@ -97,8 +104,9 @@ class STUNetTrainer(nnUNetTrainer):
         checkpointing = (_env_checkpointing(), "environment") if _env_checkpointing() is not None else (
             arch.get("activation_checkpointing", False), "plans") if is_stunet_configuration(
             self.configuration_manager) else (False, "default")
+        in_plans = self.configuration_manager.configuration.get(PLANS_LABEL_MAP)
         label_map = (os.environ.get(ENV_LABEL_MAP), "environment") if os.environ.get(ENV_LABEL_MAP) else (
-            self.configuration_manager.configuration.get(PLANS_LABEL_MAP), "plans")
+            (in_plans, "plans") if in_plans else (None, "default"))
         trust = (True, "environment") if _env_flag(ENV_TRUST) else (False, "default")
         return {"precision": precision, "activation_checkpointing": checkpointing, "label_map": label_map,
                 "trust_checkpoint": trust, "trainable": (self.trainable, f"trainer {name}"),

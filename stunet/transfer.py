@@ -81,23 +81,41 @@ def describe(arch: Mapping) -> str:
         f"a custom STU-Net (depths {list(arch['depths'])}, widths {list(arch['widths'])})")
 
 
-def _check_tensors(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:
-    """Every tensor of the network is in the checkpoint with its shape (heads and first layer may differ in classes
-    and input channels); otherwise one line naming the tensor."""
+def check_tensors(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], exact: bool = False) -> None:
+    """Every tensor of the network is in the checkpoint with its shape (unless ``exact``, heads and first layer may
+    differ in classes and input channels); otherwise one line naming the tensor."""
     missing = [k for k in target if k not in source]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise IncompatibleWeightsError(f"the checkpoint lacks tensor {missing[0]}{more}: it is incomplete or not "
                                        f"an STU-Net of this layout")
+    unexpected = [k for k in source if k not in target] if exact else []
+    if unexpected:
+        raise IncompatibleWeightsError(f"the checkpoint has tensor {unexpected[0]} that the network lacks"
+                                       + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     for key, tensor in target.items():
         got, want = tuple(source[key].shape), tuple(tensor.shape)
-        if key.startswith(CLASSIFIER):
+        if exact:
+            pass
+        elif key.startswith(CLASSIFIER):
             got, want = got[1:], want[1:]  # the class count may differ
         elif key in FIRST_LAYER:
             got, want = got[:1] + got[2:], want[:1] + want[2:]  # the input channels may differ
         if got != want:
             raise IncompatibleWeightsError(f"tensor {key} has shape {tuple(source[key].shape)} in the checkpoint but "
                                            f"{tuple(tensor.shape)} in the network")
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """The architecture of an STU-Net state_dict (:func:`architecture_of`), after checking that it holds every tensor
+    of that architecture with its shape; an IncompatibleWeightsError names the first tensor that is wrong."""
+    arch = architecture_of(state_dict)
+    ndim = len(arch["kernel_sizes"][0])
+    with torch.device("meta"):
+        model = STUNet(arch["in_channels"], arch["num_classes"], arch["depths"], arch["widths"],
+                       [[1] * ndim] * (len(arch["depths"]) - 1), arch["kernel_sizes"])
+    check_tensors(state_dict, model.state_dict(), exact=True)
+    return arch
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -126,7 +144,7 @@ def transfer_weights(model: STUNet, source: Mapping[str, torch.Tensor],
         rows = {t: s for t, s in match_labels(target_labels, source_labels, name_map).items()
                 if t < dst_arch["num_classes"] and all(i < src_arch["num_classes"] for i in s)}
     state = model.state_dict()
-    _check_tensors(source, state)
+    check_tensors(source, state)
     report = TransferReport()
     with torch.no_grad():
         for key, tensor in state.items():

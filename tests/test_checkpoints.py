@@ -165,3 +165,62 @@ def test_convert_to_safetensors_keeps_labels_and_config(small_105, tmp_path):
     assert checkpoint.label_names[40] == "liver"
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["model"] == "stunet_small" and config["architecture"]["strides"][-1] == [1, 1, 2]
+
+
+def test_a_missing_or_misshapen_tensor_is_one_line_naming_file_and_tensor(small_105, tmp_path):
+    missing = {k: v for k, v in small_105.items() if k != "conv_blocks_localization.2.0.conv2.weight"}
+    misshapen = {**small_105, "conv_blocks_context.3.0.norm1.weight": torch.zeros(7)}
+    for name, state in (("missing", missing), ("misshapen", misshapen)):
+        path = write_v1(state, tmp_path / f"{name}.model")
+        tensor = "conv_blocks_localization.2.0.conv2.weight" if name == "missing" else \
+            "conv_blocks_context.3.0.norm1.weight"
+        with pytest.raises(CheckpointError) as error:
+            stunet.create_model("stunet_small", pretrained=path)
+        assert str(path) in str(error.value) and tensor in str(error.value) and "\n" not in str(error.value)
+        done = _convert(path, tmp_path / f"{name}_out.pth")
+        assert done.returncode == 1 and tensor in done.stderr and str(path) in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_second_release_of_a_size_is_supported_and_ambiguity_is_named(small_105, tmp_path):
+    from stunet.convert import nnunet_v2_parts
+    from stunet.pretrained import (get_pretrained_config, register_pretrained_config, released_config_for,
+                                   unregister_pretrained_config)
+
+    base = get_pretrained_config("stunet_small.totalseg104")
+    fixture = {"name": "stunet_small.organs3", "model": "stunet_small", "description": "a fixture release",
+               "architecture": {**base.architecture, "num_classes": 4}, "preprocessing": base.preprocessing,
+               "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "pancreas"},
+               "checkpoint": {"file": "organs3.pth", "format": "nnunet-v2", "trainer": "STUNetTrainer_small"}}
+    config_file = tmp_path / "organs3.json"
+    config_file.write_text(json.dumps(fixture))
+    register_pretrained_config(config_file)
+    try:
+        with pytest.raises(ValueError, match="stunet_small.organs3, stunet_small.totalseg104; name one"):
+            get_pretrained_config("stunet_small")
+        torch.manual_seed(1)
+        organs = stunet.create_model("stunet_small.organs3").state_dict()
+        checkpoint = load_checkpoint(write_v1(organs, tmp_path / "organs.model"))
+        assert released_config_for(checkpoint).name == "stunet_small.organs3"  # told apart by the class count
+        _, plans, dataset_json = nnunet_v2_parts(checkpoint)
+        assert dataset_json["labels"] == {"background": 0, "liver": 1, "spleen": 2, "pancreas": 3}
+        model = stunet.create_model("stunet_small.organs3", pretrained=checkpoint.path)
+        assert model.pretrained_config.name == "stunet_small.organs3" and model.config.num_classes == 4
+        # the same classes twice: conversion refuses to guess and names both
+        register_pretrained_config({**fixture, "name": "stunet_small.organs3b"})
+        with pytest.raises(ValueError, match="stunet_small.organs3, stunet_small.organs3b"):
+            released_config_for(checkpoint)
+    finally:
+        unregister_pretrained_config("stunet_small.organs3")
+        unregister_pretrained_config("stunet_small.organs3b")
+
+
+def test_convert_of_a_multichannel_checkpoint_writes_that_many_channels(tmp_path):
+    torch.manual_seed(0)
+    state = stunet.create_model("stunet_small", in_channels=3, strides=RELEASED_STRIDES).state_dict()
+    source = write_v1(state, tmp_path / "three.model")
+    folder = tmp_path / "three"
+    assert _convert(source, folder, "--pretrained", "stunet_small.totalseg104").returncode == 0
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]
+    assert len(dataset_json["channel_names"]) == 3 and len(plans["normalization_schemes"]) == 3

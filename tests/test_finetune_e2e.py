@@ -29,6 +29,15 @@ def test_fine_tune_from_released_v1_checkpoint(planned_dataset, released_small):
     assert "Loaded pretrained weights" in log and "(nnunet-v1)" in log
     assert "120 tensors transferred, 0 adapted to the input channels, 10 re-initialised" in log
     assert "background <- background" in log  # label-aware: the synthetic labels' background row
+    assert "head rows re-initialised, no pretrained class matched (2 classes):\n    ball\n    box" in log
+    assert "give a label map" in log
+    # what was built and with which options, in the log and in debug.json
+    fold = planned_dataset[0] / "results" / "Dataset990_STUNetSynthetic" / \
+        "STUNetTrainer_small_ft_smoke__nnUNetPlans__3d_fullres" / "fold_0"
+    training_log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "STU-Net: stunet_small, 14.55M parameters, 1 input channel(s), 3 outputs" in training_log
+    assert "precision 'fp16' (trainer STUNetTrainer_small_ft_smoke)" in training_log
+    assert "stunet_options" in (fold / "debug.json").read_text()
     assert trained["seg_outputs.4.weight"].shape[0] == 3  # background, ball, box
     changed = [k for k in pretrained if not k.startswith("seg_outputs.") and not torch.equal(pretrained[k], trained[k])]
     assert changed  # it trained
@@ -42,6 +51,17 @@ def test_frozen_encoder_stays_equal_to_the_pretrained_weights(planned_dataset, r
     assert encoder and all(torch.equal(pretrained[k], trained[k]) for k in encoder)
     decoder = [k for k in pretrained if k.startswith("conv_blocks_localization.")]
     assert any(not torch.equal(pretrained[k], trained[k]) for k in decoder)
+
+
+def test_a_broken_pretrained_file_is_one_line_naming_it(planned_dataset, released_small, tmp_path):
+    state = {k: v for k, v in load_checkpoint(released_small).state_dict.items() if k != "seg_outputs.4.bias"}
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    with pytest.raises(AssertionError) as error:
+        _train(planned_dataset, "STUNetTrainer_small_ft_smoke", "-pretrained_weights", str(broken))
+    stderr = str(error.value).split("--- stderr\n")[1]
+    assert f"nnUNetv2_train: error: -pretrained_weights {broken}: the checkpoint lacks tensor seg_outputs.4.bias" \
+        in stderr and "Traceback" not in stderr
 
 
 def test_fine_tune_trainer_without_weights_says_what_to_add(planned_dataset):

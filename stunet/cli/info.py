@@ -34,7 +34,17 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpointing", nargs="?", const="stage", choices=["stage", "block"],
                         help="with activation checkpointing per stage (default) or per residual block")
     parser.add_argument("--csv", action="store_true", help="comma-separated output instead of a markdown table")
+    parser.add_argument("--trainers", action="store_true",
+                        help="list every STU-Net trainer name nnUNetv2_train -tr takes, with what it changes")
     args = parser.parse_args(argv)
+    if args.trainers:
+        from stunet.nnunet_trainer import describe_trainer, trainer_variants  # imports nnU-Net
+        names = ["STUNetTrainer"] + [name for name, _, _ in trainer_variants()]
+        print("STU-Net trainers: STUNetTrainer_<size>[_<regime>][_mirroronly][_bf16][_<schedule>]; each is nnU-Net's "
+              "nnUNetTrainer with\nthe STU-Net of the plans (STU-Net plans) or of its size (nnU-Net's own plans).\n")
+        for name in names:
+            print(f"{name:<48} {describe_trainer(name)}")
+        return
     names = list_models() if args.models == ["all"] else args.models
     if len(args.patch_size) not in (2, 3):
         parser.error(f"--patch-size takes 2 or 3 numbers, got {args.patch_size}")
