@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_ri
 
 def make_model_folder(folder: Path, channels: int = 1, labels: dict = LABELS, seed: int = 0) -> Path:
     """An nnU-Net model folder (fold 0) of STUNetTrainer_small with 16×32×32 patches at 1.5 mm and random weights
-    whose heads are scaled up, so that its logits rarely tie."""
+    whose heads are scaled up, so that its logits rarely tie, and whose last head's biases are balanced, so that
+    every class covers a good part of an image (unbalanced, one class took 90 % of the voxels)."""
     config = get_pretrained_config("stunet_small.totalseg104").with_preprocessing(patch_size=[16, 32, 32])
     plans = plans_for_pretrained(config, "Dataset999_Test", num_channels=channels)
     dataset_json = {"channel_names": {str(c): f"channel{c}" for c in range(channels)}, "labels": labels,
@@ -36,10 +38,33 @@ def make_model_folder(folder: Path, channels: int = 1, labels: dict = LABELS, se
     (folder / "fold_0").mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    torch.save({"network_weights": net.state_dict(), "trainer_name": "STUNetTrainer_small",
-                "init_args": {"configuration": CONFIGURATION}, "inference_allowed_mirroring_axes": (0, 1, 2)},
-               folder / "fold_0" / "checkpoint_final.pth")
+    def save():
+        torch.save({"network_weights": net.state_dict(), "trainer_name": "STUNetTrainer_small",
+                    "init_args": {"configuration": CONFIGURATION}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+                   folder / "fold_0" / "checkpoint_final.pth")
+
+    save()
+    with torch.no_grad():
+        net.seg_outputs[-1].bias.sub_(_mean_logits(folder, channels))  # measured with the saved model
+    save()
     return folder
+
+
+def _mean_logits(folder: Path, channels: int) -> torch.Tensor:
+    """Each class's mean logit over a synthetic case (not one of write_cases'), predicted without mirroring."""
+    from stunet.inference import Predictor, load_model_folder
+
+    model = load_model_folder(folder)
+    predictor = Predictor(model, "cpu", mirroring=False)
+    images, _ = make_case(np.random.default_rng(123), (14, 40, 36), channels)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [Path(tmp) / f"calibration_{c:04d}.nii.gz" for c in range(channels)]
+        for path, image in zip(files, images):
+            write_image(path, image, seed=123)
+        data, _ = predictor.preprocess(*predictor.read(files))
+    features = predictor.blended_features(data)[0]
+    with torch.no_grad():
+        return model.networks[0].head(features[None])[0].flatten(1).mean(1)
 
 
 def write_image(path: Path, array: np.ndarray, spacing=(0.8, 0.95, 3.2), seed: int = 0) -> sitk.Image:
@@ -76,3 +101,10 @@ def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 def labels_of(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def dice_per_label(ours: np.ndarray, theirs: np.ndarray) -> dict[int, float]:
+    """Dice of every foreground label present in either label map (background, most of the voxels, left out)."""
+    present = (set(np.unique(ours).tolist()) | set(np.unique(theirs).tolist())) - {0}
+    return {label: 2 * int(np.sum((ours == label) & (theirs == label)))
+            / (int(np.sum(ours == label)) + int(np.sum(theirs == label))) for label in sorted(present)}

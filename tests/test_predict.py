@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_helpers import assert_same_geometry
-from predict_helpers import labels_of, make_model_folder, predict, write_cases, write_image
+from predict_helpers import dice_per_label, labels_of, make_model_folder, predict, write_cases, write_image
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def test_outputs_keep_the_input_geometry(predicted):
 
 
 def test_agrees_with_nnunets_predictor(model, predicted):
-    """Blending features instead of logits gives nnU-Net's segmentation (its logits are accumulated in fp16)."""
+    """Blending features instead of logits gives nnU-Net's segmentation (its logits are accumulated in fp16): per-label
+    Dice, every foreground label present in either map."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     root, names = predicted
@@ -48,8 +49,10 @@ def test_agrees_with_nnunets_predictor(model, predicted):
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
     for name in names:
         ours, theirs = labels_of(root / "out" / f"{name}.nii.gz"), labels_of(out / f"{name}.nii.gz")
-        assert (ours == theirs).mean() > 0.999
-        assert len(np.unique(theirs)) >= 3  # a non-trivial label map
+        dice = dice_per_label(ours, theirs)
+        assert sorted(dice) == [1, 2, 3, 4], dice  # every class covers 2,400-7,100 of the 20,160 voxels
+        # measured: at least 0.9994 per label (up to 3 voxels of a 2,500-voxel label differ: near ties)
+        assert min(dice.values()) >= 0.998, dice
 
 
 def test_probabilities_match_the_label_map(predicted):
@@ -57,7 +60,8 @@ def test_probabilities_match_the_label_map(predicted):
     npz = np.load(root / "out" / f"{names[0]}.npz")
     seg = labels_of(root / "out" / f"{names[0]}.nii.gz")
     assert npz["probabilities"].shape == (5, *seg.shape) and list(npz["labels"])[3] == "kidney_left"
-    assert (npz["probabilities"].astype(np.float32).argmax(0) == seg).mean() > 0.999
+    dice = dice_per_label(npz["probabilities"].astype(np.float32).argmax(0), seg)
+    assert sorted(dice) == [1, 2, 3, 4] and min(dice.values()) >= 0.998, dice  # float16 ties: measured >= 0.9997
 
 
 def test_label_subset_and_downstream_map(model, predicted, tmp_path):
