@@ -42,7 +42,8 @@ def atomic_write(target: Path, write: Callable[[Path], object], temporary_folder
         write(private / target.name)
         written = sorted(p.name for p in private.iterdir())
         if target.name not in written:
-            raise FileNotFoundError(f"writing {target} produced no file {target.name} (only {', '.join(written)})")
+            raise FileNotFoundError(f"writing {target} produced no file {target.name}"
+                                    + (f" (only {', '.join(written)})" if written else ""))
         for name in [n for n in written if n != target.name] + [target.name]:
             os.replace(private / name, target.parent / name)
     finally:
