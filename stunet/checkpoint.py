@@ -34,7 +34,8 @@ _NUMPY_GLOBALS = {
 # protocol-2 pickles rebuild bytes with _codecs.encode(str, encoding), which torch's weights_only loader allows too
 _PICKLE_GLOBALS = {**_NUMPY_GLOBALS, "collections.OrderedDict": collections.OrderedDict,
                    "_codecs.encode": codecs.encode}
-TRUST_HINT = ("If you trust the origin of this file, load it with --trust-checkpoint (trust=True in Python; "
+TRUST_HINT = ("If you trust the origin of this file, load it with --trust-checkpoint (in Python "
+              "create_model(..., trust_checkpoint=True) or load_checkpoint(..., trust=True); "
               "STUNET_TRUST_CHECKPOINT=1 for nnUNetv2_train), which unpickles it with full trust.")
 
 

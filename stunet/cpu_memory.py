@@ -9,19 +9,40 @@ it; call it yourself in scripts that run STU-Nets on a CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's documented defaults (M_MMAP_MAX 65536, M_TRIM_THRESHOLD 128 KiB)
+_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+_REUSE = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2 ** 31 - 1}
 
 
-def reuse_freed_memory() -> bool:
-    """Configure glibc's allocator as above; False (and nothing changed) where that is not glibc on Linux."""
+def _mallopt(settings: dict) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+        return all(bool(libc.mallopt(option, value)) for option, value in settings.items())
     except (OSError, AttributeError):  # musl or another libc without mallopt
         return False
+
+
+def reuse_freed_memory() -> bool:
+    """Configure glibc's allocator as above, for the rest of the process; False (and nothing changed) where that is
+    not glibc on Linux."""
+    return _mallopt(_REUSE)
+
+
+@contextlib.contextmanager
+def freed_memory_reused():
+    """:func:`reuse_freed_memory` for the duration of a block, then glibc's defaults again (for code that runs inside
+    other people's processes, such as the trainers)."""
+    changed = reuse_freed_memory()
+    try:
+        yield changed
+    finally:
+        if changed:
+            _mallopt(_DEFAULTS)

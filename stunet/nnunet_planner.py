@@ -48,7 +48,8 @@ class STUNetPlanner(ExperimentPlanner):
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
                  overwrite_target_spacing=None, suppress_transpose: bool = False,
                  pretrained: PretrainedConfig | None = None, activation_checkpointing: bool | str = False,
-                 patch_size: Sequence[int] | None = None, label_map: str | None = None):
+                 patch_size: Sequence[int] | None = None, label_map: str | None = None,
+                 batch_size: int | None = None):
         if pretrained is not None and pretrained.model != self.model_name:
             raise ValueError(f"{type(self).__name__} plans {self.model_name}, but {pretrained.name} is a "
                              f"{pretrained.model}")
@@ -61,6 +62,7 @@ class STUNetPlanner(ExperimentPlanner):
         self.fixed_patch_size = list(patch_size) if patch_size else (
             list(pretrained.preprocessing["patch_size"]) if pretrained else None)
         self.label_map = label_map
+        self.fixed_batch_size = batch_size
         if pretrained is not None:
             self.lowres_creation_threshold = 0  # the released models are full-resolution models
         self._estimates: dict = {}
@@ -151,6 +153,8 @@ class STUNetPlanner(ExperimentPlanner):
             batch += 1
         five_percent = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(patch, dtype=float))
         batch = max(min(batch, five_percent), self.UNet_min_batch_size)
+        if self.fixed_batch_size:
+            batch = self.fixed_batch_size
         resampling_data, data_kwargs, resampling_seg, seg_kwargs = self.determine_resampling()
         resampling_probabilities, probabilities_kwargs = self.determine_segmentation_softmax_export_fn()
         normalization, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()

@@ -162,7 +162,7 @@ def transfer_weights(model: STUNet, source: Mapping[str, torch.Tensor],
             else:
                 tensor.copy_(source[key])
                 report.transferred.append(key)
-    if not same_classes:
+    if not same_classes and source_labels and target_labels:  # label-aware transfer was attempted
         report.unmatched = sorted(t for t in range(dst_arch["num_classes"]) if t not in rows)
     report.head_rows = rows
     return report

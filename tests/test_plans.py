@@ -5,7 +5,6 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,7 +120,7 @@ def _planner(model_name, budget_gb, checkpointing=False):
     planner.fixed_patch_size, planner.pretrained, planner._estimates = None, None, {}
     planner.activation_checkpointing = checkpointing
     planner.dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}}
-    planner.preprocessor_name, planner.label_map = "DefaultPreprocessor", None
+    planner.preprocessor_name, planner.label_map, planner.fixed_batch_size = "DefaultPreprocessor", None, None
     planner.dataset_fingerprint = {"spacings": [[1.5, 1.5, 1.5]], "shapes_after_crop": [[300, 300, 300]],
                                    "median_relative_size_after_cropping": 1.0}
     planner.anisotropy_threshold = 3

@@ -9,7 +9,6 @@ memory model of ``stunet-info``. See stunet.nnunet_planner.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -55,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                              "stored in the plans and counted in the budget")
     parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
                         help="fix the 3d_fullres patch size (default: the largest that fits, or the pretraining's)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="fix the batch size (default: the largest that fits the budget, at least 2, at most 5 %% "
+                             "of the dataset's voxels; the released models were pretrained at 2)")
     parser.add_argument("--label-map", help="for label-aware fine-tuning: a shipped map (" + ", ".join(
         list_label_maps()) + ") or a JSON file naming the pretrained classes of each label; stored in the plans")
     parser.add_argument("--plans-name", default=None,
@@ -77,8 +79,12 @@ def main(argv=None) -> None:
         parser.exit(2, f"stunet-plans: error: --plans-name must be a plain name, got {args.plans_name!r}\n")
     pretrained = get_pretrained_config(args.pretrained) if args.pretrained else None
     model = pretrained.model if pretrained else args.model
-    if args.label_map and args.label_map not in list_label_maps() and not Path(args.label_map).is_file():
-        parser.exit(2, f"stunet-plans: error: --label-map {args.label_map}: neither a shipped map nor a file\n")
+    if args.label_map and args.label_map not in list_label_maps():
+        if not Path(args.label_map).is_file():
+            parser.exit(2, f"stunet-plans: error: --label-map {args.label_map}: neither a shipped map nor a file\n")
+        args.label_map = str(Path(args.label_map).resolve())  # training runs elsewhere
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.exit(2, "stunet-plans: error: --batch-size must be positive\n")
     if args.patch_size:
         network = pretrained.network_config() if pretrained else None
         if network is not None:
@@ -97,7 +103,7 @@ def main(argv=None) -> None:
     from stunet.nnunet_planner import PLANNERS  # imports nnU-Net: after the argument checks
     planner = PLANNERS[model](raw.name, gpu_memory_target_in_gb=args.gpu_memory, plans_name=args.plans_name,
                               pretrained=pretrained, activation_checkpointing=args.activation_checkpointing or False,
-                              patch_size=args.patch_size, label_map=args.label_map)
+                              patch_size=args.patch_size, label_map=args.label_map, batch_size=args.batch_size)
     plans_file = preprocessed / f"{planner.plans_identifier}.json"
     if plans_file.exists():
         if not args.overwrite:
