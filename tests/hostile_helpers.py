@@ -1,0 +1,178 @@
+"""Crafted checkpoint files: each a member of one class of attack or damage that the safe reader must refuse with a
+CheckpointError naming the file, quickly and without building what the file declares. Never unpickle these with
+plain pickle or torch.load: some crash the interpreter (object-dtype arrays from raw bytes)."""
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_np_core = getattr(np, "_core", None) or np.core
+
+
+class Reduce:
+    """Pickles as ``func(*args)`` (then ``BUILD state`` when given) without being that object."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+class Storage:
+    """A tensor storage reference with a declared element count (a persistent id in torch files)."""
+
+    def __init__(self, numel: int, key: str = "0", kind=torch.FloatStorage):
+        self.numel, self.key, self.kind = numel, key, kind
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            return ("storage", obj.kind, obj.key, "cpu", obj.numel)
+        return None
+
+
+def tensor(storage: Storage, size, stride=None) -> Reduce:
+    stride = stride or tuple(int(np.prod(size[i + 1:])) for i in range(len(size)))
+    return Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, tuple(size), tuple(stride), False,
+                                                    collections.OrderedDict()))
+
+
+def torch_zip(path: Path, obj, members: dict[str, bytes] | None = None, deflate: set[str] = frozenset()) -> Path:
+    """A torch zip archive around ``obj`` pickled with storage references, holding ``members`` (key -> bytes)."""
+    data = io.BytesIO()
+    _TorchPickler(data, protocol=2).dump(obj)
+    name = path.stem
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}/data.pkl", data.getvalue())
+        archive.writestr(f"{name}/byteorder", b"little")
+        for key, content in (members or {}).items():
+            method = zipfile.ZIP_DEFLATED if key in deflate else zipfile.ZIP_STORED
+            archive.writestr(f"{name}/data/{key}", content, compress_type=method)
+        archive.writestr(f"{name}/version", b"3\n")
+    return path
+
+
+def legacy_torch(path: Path, obj, storages: dict[str, bytes]) -> Path:
+    """A legacy (non-zip) torch file: magic, protocol, system info, ``obj``, keys, then each storage's bytes."""
+    out = io.BytesIO()
+    for header in (0x1950a86a20f9469cfc6c, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    _TorchPickler(out, protocol=2).dump(obj)
+    pickle.dump(sorted(storages), out, protocol=2)
+    for key in sorted(storages):
+        out.write(len(storages[key]).to_bytes(8, "little") + storages[key])
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def weights(n: int = 4) -> dict:
+    return {"conv.weight": tensor(Storage(n), (n,))}
+
+
+def object_array(raw: bytes = b"\x41" * 16) -> Reduce:
+    """A numpy object array rebuilt from raw bytes: numpy takes them for object pointers (a segfault)."""
+    return Reduce(_np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                  (1, (2,), np.dtype("O"), False, raw))
+
+
+def object_field_array(raw: bytes = b"\x41" * 8) -> Reduce:
+    """A structured array with an object field whose dtype state drops the list-pickle flag: numpy rebuilds it from
+    raw bytes, taking them for a pointer. Unpickled without the guard, this kills the interpreter (SIGSEGV)."""
+    dtype = Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0))
+    return Reduce(_np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), dtype, False, raw))
+
+
+def flagged_float_array() -> Reduce:
+    """A float64 dtype whose pickled state claims it holds Python objects (flags 63)."""
+    dtype = Reduce(np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 63))
+    return Reduce(_np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (2,), dtype, False, b"\0" * 16))
+
+
+def reference_bomb(levels: int = 60) -> list:
+    """``b = [a, a]; c = [b, b]; ...``: a kilobyte pickle that expands to 2**levels nodes when walked."""
+    node: list = []
+    for _ in range(levels):
+        node = [node, node]
+    return node
+
+
+def raw_pickle(body: bytes, protocol: int = 4) -> bytes:
+    return bytes([0x80, protocol]) + body + b"."
+
+
+def v1_companion(folder: Path, name: str, content_bytes: bytes) -> Path:
+    """A released-layout v1 .model with a crafted .model.pkl beside it."""
+    path = torch_zip(folder / f"{name}.model", {"state_dict": weights(), "epoch": 1}, {"0": b"\0" * 16})
+    Path(f"{path}.pkl").write_bytes(content_bytes)
+    return path
+
+
+def corpus(folder: Path) -> dict[str, Path]:
+    """Every crafted checkpoint by name; each must be refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = {"0": b"\0" * 16}
+    v2 = lambda plans: {"network_weights": weights(), "trainer_name": "STUNetTrainer_small",  # noqa: E731
+                        "init_args": {"plans": plans, "configuration": "3d_fullres", "dataset_json": {}}}
+    files = {
+        "object_array_pkl": v1_companion(folder, "object_pkl", pickle.dumps({"plans": object_array()}, protocol=2)),
+        "object_array_pth": torch_zip(folder / "object.pth", v2({"a": object_array()}), good),
+        "object_field_pkl": v1_companion(folder, "object_field", pickle.dumps({"plans": object_field_array()},
+                                                                              protocol=2)),
+        "object_field_pth": torch_zip(folder / "object_field.pth", v2({"a": object_field_array()}), good),
+        "object_dtype_class": torch_zip(folder / "objclass.pth", v2({"a": np.dtypes.ObjectDType}), good),
+        "void_dtype": torch_zip(folder / "void.pth", v2({"a": np.zeros(2, dtype="V8")}), good),
+        "flagged_dtype": v1_companion(folder, "flags", pickle.dumps({"plans": flagged_float_array()}, protocol=2)),
+        "reference_bomb_pth": torch_zip(folder / "bomb.pth", v2(reference_bomb()), good),
+        "reference_bomb_pkl": v1_companion(folder, "bomb_pkl", pickle.dumps({"plans": reference_bomb()})),
+        "reference_bomb_unused": torch_zip(folder / "bomb_unused.pth", {**v2({}), "logging": reference_bomb()}, good),
+        "codec": torch_zip(folder / "codec.pth", v2({"a": Reduce(codecs.encode, ("x" * 50, "punycode"))}), good),
+        "codec_pkl": v1_companion(folder, "codec_pkl", pickle.dumps({"plans": Reduce(codecs.encode, ("x", "idna"))},
+                                                                    protocol=2)),
+        "huge_array_shape": v1_companion(folder, "huge_array", pickle.dumps({"plans": Reduce(
+            _np_core.multiarray._reconstruct, (np.ndarray, (100_000, 100_000), b"b"))}, protocol=2)),
+        "array_bigger_than_bytes": v1_companion(folder, "short_array", pickle.dumps({"plans": Reduce(
+            _np_core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+            (1, (1 << 30,), np.dtype("f8"), False, b"\0" * 8))}, protocol=2)),
+        "huge_string_dtype": v1_companion(folder, "huge_dtype", pickle.dumps({"plans": Reduce(
+            np.dtype, ("U2000000000", False, True))}, protocol=2)),
+        "declared_bytes": v1_companion(folder, "declared",
+                                       raw_pickle(b"\x8e" + (1 << 40).to_bytes(8, "little") + b"ab")),
+        "memo_index": v1_companion(folder, "memo", raw_pickle(b"Nr" + (1 << 31).to_bytes(4, "little"), 2)),
+        "big_int": v1_companion(folder, "bigint", raw_pickle(b"L" + b"9" * 100_000 + b"L\n", 2)),
+        "storage_numel": torch_zip(folder / "numel.pth", {"state_dict": {"w": tensor(Storage(1 << 40), (1 << 40,))}},
+                                   good),
+        "storage_missing": torch_zip(folder / "missing.pth", {"state_dict": weights()}, {}),
+        "view_outside_storage": torch_zip(folder / "view.pth", {"state_dict": {
+            "w": tensor(Storage(4), (1000, 1000, 1000), (0, 0, 0))}}, good),
+        "legacy_storage_numel": legacy_torch(folder / "legacy.model", {"state_dict": {
+            "w": tensor(Storage(1 << 34), (4,))}}, {"0": b"\0" * 16}),
+        "zip_bomb": torch_zip(folder / "zipbomb.pth", {"state_dict": {"w": tensor(Storage(50 << 18), (50 << 18,))}},
+                              {"0": bytes(50 << 20)}, deflate={"0"}),
+        "non_str_key": torch_zip(folder / "intkey.pth", {"state_dict": {1: tensor(Storage(4), (4,))}}, good),
+        "non_tensor_value": torch_zip(folder / "notensor.pth", {"network_weights": {"w": [1, 2]}}, good),
+        "plans_not_dict": torch_zip(folder / "plans_list.pth", v2([1, 2, 3]), good),
+        "trainer_not_text": torch_zip(folder / "trainer.pth", {**v2({}), "trainer_name": ["x"] * 3}, good),
+        "deep_nesting": v1_companion(folder, "deep", raw_pickle(b"]" * 5000 + b"a" * 4999, 2)),
+        "os_system": torch_zip(folder / "system.pth", {"state_dict": weights(), "x": Reduce(print, ("hi",))}, good),
+        "not_a_pickle": folder / "text.pth",
+        "plain_pickle": folder / "plain.model",
+    }
+    files["not_a_pickle"].write_text("hello")
+    files["plain_pickle"].write_bytes(pickle.dumps({"state_dict": {}}, protocol=2))
+    good_archive = torch_zip(folder / "good.pth", {"state_dict": weights()}, good)
+    data = good_archive.read_bytes()
+    (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
+    files["truncated_zip"] = folder / "truncated.pth"
+    legacy = legacy_torch(folder / "legacy_ok.model", {"state_dict": weights()}, good).read_bytes()
+    (folder / "legacy_truncated.model").write_bytes(legacy[:-10])
+    files["truncated_legacy"] = folder / "legacy_truncated.model"
+    return files

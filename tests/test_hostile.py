@@ -1,0 +1,180 @@
+"""Hostile files and careless inputs: one clear error for the file, nothing more (no crash, hang, memory blow-up, silent
+wrong output or path escape)."""
+import json
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint_helpers import write_v1, write_v2
+from hostile_helpers import corpus, torch_zip, weights
+from stunet.checkpoint import CheckpointError, load_checkpoint, plain_data, read_pickle
+from stunet.pickle_guard import Limits, PickleRefused, inspect_pickle
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    return corpus(tmp_path_factory.mktemp("hostile"))
+
+
+# -- 1. checkpoint reading is bounded -----------------------------------------------------------------------------
+def test_every_crafted_checkpoint_is_one_line_naming_the_file_quickly(hostile):
+    for name, path in hostile.items():
+        start = time.perf_counter()
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(path)
+        elapsed = time.perf_counter() - start
+        message = str(error.value)
+        assert str(path) in message or f"{path}.pkl" in message, (name, message)
+        assert "\n" not in message, (name, message)
+        assert elapsed < 1, (name, elapsed)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("object_array_pkl", "numpy dtype 'O8'"), ("object_array_pth", "numpy dtype 'O8'"),
+    ("object_field_pkl", "numpy dtype 'V8'"), ("object_field_pth", "numpy dtype 'V8'"),
+    ("object_dtype_class", "references numpy.dtypes.ObjectDType"), ("void_dtype", "numpy dtype 'V8'"),
+    ("flagged_dtype", "flags"), ("reference_bomb_pth", "reference bomb"), ("reference_bomb_pkl", "reference bomb"),
+    ("reference_bomb_unused", "reference bomb"), ("codec", "codec 'punycode'"), ("codec_pkl", "codec 'idna'"),
+    ("huge_array_shape", "shape (100000, 100000)"), ("array_bigger_than_bytes", "declares 8,589,934,592 bytes"),
+    ("huge_string_dtype", "larger than"), ("declared_bytes", "declares 1,099,511,627,776 bytes"),
+    ("memo_index", "memo index"), ("big_int", "malformed"), ("storage_numel", "but the archive holds 16"),
+    ("storage_missing", "which the archive does not hold"), ("view_outside_storage", "more than its storage"),
+    ("legacy_storage_numel", "but only"), ("zip_bomb", "zip bomb"), ("non_str_key", "a key '1' of type int"),
+    ("non_tensor_value", "is a list, not a tensor"), ("plans_not_dict", "init_args['plans'] is a list"),
+    ("trainer_not_text", "trainer_name is list"), ("deep_nesting", "nested more than"),
+    ("os_system", "builtin__.print"), ("not_a_pickle", "not a PyTorch checkpoint"),
+    ("plain_pickle", "a pickle file, not a PyTorch checkpoint"), ("truncated_zip", "damaged or truncated zip"),
+    ("truncated_legacy", "but only")])
+def test_each_class_is_refused_for_its_reason(hostile, name, expected):
+    with pytest.raises(CheckpointError, match=r".*" + __import__("re").escape(expected)):
+        load_checkpoint(hostile[name])
+
+
+@pytest.mark.parametrize("name", ["reference_bomb_pth", "reference_bomb_unused", "storage_numel", "zip_bomb",
+                                  "legacy_storage_numel", "non_str_key", "plans_not_dict", "memo_index",
+                                  "declared_bytes", "truncated_zip"])
+def test_trust_lifts_the_allowlist_but_not_the_limits_and_structure_checks(hostile, name):
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(hostile[name], trust=True)
+    assert "--trust-checkpoint" not in str(error.value) or "does not lift" in str(error.value)
+
+
+def test_crafted_files_cost_neither_memory_nor_a_crash(hostile, tmp_path):
+    """In a fresh interpreter (an object-dtype array from raw bytes would kill it): the whole corpus, safe and trusted
+    where trust cannot run code, raises CheckpointError each time and grows the peak memory by less than 100 MB."""
+    paths = [str(p) for p in hostile.values()]
+    script = f"""
+import json, resource, sys
+sys.path.insert(0, {str(TESTS)!r})
+from stunet.checkpoint import CheckpointError, load_checkpoint
+from checkpoint_helpers import write_v2
+import torch
+load_checkpoint(write_v2({{"w": torch.zeros(4)}}, __import__("pathlib").Path({str(tmp_path / 'warm.pth')!r})))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+errors = 0
+for path in {paths!r}:
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        errors += 1
+print(json.dumps({{"errors": errors, "grew_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["errors"] == len(paths)
+    assert result["grew_kb"] < 100_000, result
+
+
+def test_the_object_field_file_really_crashes_an_unguarded_reader(hostile):
+    """The corpus is not hypothetical: plain pickle.load of the object-field companion kills the interpreter."""
+    done = subprocess.run([sys.executable, "-c", f"import pickle; print(pickle.load(open("
+                                                 f"{str(hostile['object_field_pkl']) + '.pkl'!r}, 'rb')))"],
+                          capture_output=True, timeout=60)
+    assert done.returncode < 0, done  # killed by a signal
+
+
+def test_real_layouts_still_load_within_the_limits(tmp_path, shared):
+    """Released-layout v1 (.model + .pkl, legacy and zip), v2 .pth with a module's state_dict (its _metadata), and the
+    released plans pickles, against limits a hundred times tighter than the defaults: far from every limit."""
+    import stunet
+
+    state = stunet.create_model("stunet_small", strides=[[2, 2, 2]] * 4 + [[1, 1, 2]]).state_dict()
+    tight = Limits(opcodes=200_000, memo=50_000, memo_reads=80_000, nodes=200_000, depth=12)
+    for path in (write_v1(state, tmp_path / "legacy.model"), write_v1(state, tmp_path / "zip.model", legacy=False),
+                 write_v2(state, tmp_path / "checkpoint_final.pth")):
+        checkpoint = load_checkpoint(path)
+        assert len(checkpoint.state_dict) == len(state)
+        if path.suffix == ".pth":
+            import zipfile
+            with zipfile.ZipFile(path) as archive:
+                inspect_pickle(archive.read(f"{path.stem}/data.pkl"), limits=tight, storage_bytes=lambda k, n: None)
+    for name in ("plans.pkl", "small_ep4k.model.pkl", "base_ep4k.model.pkl", "large_ep4k.model.pkl",
+                 "huge_ep4k.model.pkl"):
+        data = shared(f"reference/released_plans/{name}").read_bytes()
+        inspect_pickle(data, limits=tight)
+        content = read_pickle(shared(f"reference/released_plans/{name}"))
+        json.dumps(content)  # plain data: what stunet-convert writes as JSON
+
+
+def test_loaded_plans_are_plain_bounded_copies(tmp_path):
+    shared_list = [1, 2, 3]
+    plans = {"a": shared_list, "b": shared_list, "spacing": np.array([1.5, 1.5, 3.0]), "n": np.int64(3),
+             "flag": np.bool_(True)}
+    path = write_v2({"w": torch.zeros(2)}, tmp_path / "checkpoint_final.pth")
+    saved = torch.load(path, weights_only=False)
+    saved["init_args"]["plans"] = plans
+    torch.save(saved, path)
+    loaded = load_checkpoint(path).plans
+    assert loaded == {"a": [1, 2, 3], "b": [1, 2, 3], "spacing": [1.5, 1.5, 3.0], "n": 3, "flag": True}
+    assert loaded["a"] is not loaded["b"] and type(loaded["n"]) is int
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(CheckpointError, match="a cycle"):
+        plain_data({"x": cyclic}, tmp_path / "f", "plans")
+    with pytest.raises(CheckpointError, match="torch.Tensor"):
+        plain_data({"x": torch.zeros(1)}, tmp_path / "f", "plans")
+
+
+def test_a_bomb_passed_by_the_opcode_walk_is_caught_by_the_structure_check(tmp_path):
+    """A shared-reference structure under the opcode walk's node limit (2**18 as a tree) in the plans is refused by
+    the loaded-structure check before anything walks or serialises it."""
+    node: list = []
+    for _ in range(18):
+        node = [node, node]
+    path = torch_zip(tmp_path / "checkpoint_final.pth", {"network_weights": weights(), "init_args": {
+        "plans": {"x": node}}}, {"0": b"\0" * 16})
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="more than 100,000 values"):
+        load_checkpoint(path, trust=True)
+    assert time.perf_counter() - start < 1
+
+
+def test_safetensors_metadata_and_damage(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"labels": "[[[[" * 100_000})
+    with pytest.raises(CheckpointError, match="'labels' is not a JSON object"):
+        load_checkpoint(path)
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"labels": json.dumps({"1": "liver"})})
+    assert load_checkpoint(path).label_names == {1: "liver"}
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])
+    with pytest.raises(CheckpointError, match=f"{path}: not a readable safetensors"):
+        load_checkpoint(path)
+
+
+def test_the_walker_refuses_malformed_streams():
+    for data in (b"", b"\x80\x02", b"\x80\x02)0.", b"\x80\x02h\x05.", b"\x80\x02(."):
+        with pytest.raises(PickleRefused):
+            inspect_pickle(data)
+    inspect_pickle(pickle.dumps({"a": [1, 2.0, "x", None, True]}))
