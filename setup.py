@@ -73,6 +73,7 @@ setup(
         "stunet-demo=stunet.cli.demo:main",
         "stunet-env=stunet.cli.env:main",
         "stunet-convert=stunet.cli.convert:main",
+        "stunet-download=stunet.cli.download:main",
         "stunet-plans=stunet.cli.plans:main",
         "stunet-predict=stunet.cli.predict:main",
         "stunet-train=stunet.cli.train:main",

@@ -121,14 +121,22 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
                  f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})")
 
 
-def load_pretrained(name: str, checkpoint: str | Path, trust: bool = False) -> Model:
-    """A released model (see stunet.pretrained) from its checkpoint file, with no nnU-Net folders involved."""
+def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool = False) -> Model:
+    """A released model (see stunet.pretrained) from its checkpoint file, or without one from the cache (downloaded
+    on first use, see stunet.weights), with no nnU-Net folders involved."""
     from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
     from stunet.pretrained import get_pretrained_config
     from stunet.registry import create_model
+    from stunet.weights import weights_path
 
     config = get_pretrained_config(name)
+    checkpoint = Path(checkpoint) if checkpoint else weights_path(config)
     network = create_model(config.name, pretrained=str(checkpoint), trust_checkpoint=trust, deep_supervision=False)
+    config = network.pretrained_config  # completed from the checkpoint's companion plans where the config is not
+    missing = config.missing_for_prediction()
+    if missing:
+        raise CheckpointError(f"{config.name}: {', '.join(missing)} not known without the companion "
+                              f"{config.companion_file} beside {checkpoint} (its nnU-Net v1 plans); put it there")
     plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=config.in_channels)
     return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
                  f"{config.name} from {checkpoint}")

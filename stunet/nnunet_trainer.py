@@ -187,7 +187,18 @@ class STUNetTrainer(nnUNetTrainer):
 
     # -- fine-tuning ---------------------------------------------------------------------------------------------
     def load_pretrained_weights(self, path: str) -> None:
-        """``-pretrained_weights``: any supported checkpoint, read safely, transferred with a report in the log."""
+        """``-pretrained_weights``: any supported checkpoint, read safely, transferred with a report in the log. A
+        released model's name (``stunet_large.totalseg104``) instead of a file takes its weights from the cache,
+        downloading them on first use (:func:`stunet.weights.weights_path`)."""
+        shown = path
+        if not os.path.exists(path):
+            from stunet.pretrained import list_pretrained
+            from stunet.weights import weights_path
+            if path not in list_pretrained():
+                raise CheckpointError(f"{path}: no such checkpoint file, nor the name of a released model "
+                                      f"({', '.join(list_pretrained())})")
+            path = str(weights_path(path))
+            shown = f"{shown} ({path})"
         checkpoint = load_checkpoint(path, trust=self.stunet_options["trust_checkpoint"][0])
         labels = self.dataset_json["labels"]
         target = None if any(isinstance(v, (list, tuple)) for v in labels.values()) else {
@@ -200,7 +211,7 @@ class STUNetTrainer(nnUNetTrainer):
                                                       name_map)
         except IncompatibleWeightsError as e:
             raise CheckpointError(f"{path}: {e} (trainer {type(self).__name__})") from None
-        self.print_to_log_file(f"Loaded pretrained weights from {path} ({checkpoint.format})\n"
+        self.print_to_log_file(f"Loaded pretrained weights from {shown} ({checkpoint.format})\n"
                                + self.pretrained_report.summary(target, source), also_print_to_console=True)
 
     def on_train_start(self):

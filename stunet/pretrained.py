@@ -5,10 +5,19 @@ says everything needed to use them apart from the weights themselves: the archit
 the label names, which tensors read the input channels and which are the classifier, the checkpoint's file names and
 format, where to get it and its checksum when known. Everything that needs to know about released models (building
 them, weight transfer, conversion, prediction) reads these objects; nothing parses model names.
+
+A value a config cannot state (the strides, preprocessing or label names of a release whose plans were not published)
+is written ``"unknown"`` in the JSON and listed in ``config.unknown``; :meth:`PretrainedConfig.completed` fills it from
+the nnU-Net v1 plans of the checkpoint's companion ``.model.pkl`` when that is present at load time.
+
+``STUNET_PRETRAINED_CONFIGS`` (JSON files or folders of them, separated by ``os.pathsep``) adds configs to every process
+that reads it, e.g. ``nnUNetv2_train``; :func:`register_pretrained_config` adds one to the running process.
 """
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
@@ -45,6 +54,8 @@ class PretrainedConfig:
     first_conv: tuple = FIRST_LAYER
     classifier: str = CLASSIFIER
     origin: str = field(default="", compare=False)  # the file it was read from
+    #: what the config cannot state, e.g. ("architecture.strides", "preprocessing.spacing", "labels")
+    unknown: tuple = ()
 
     @property
     def tag(self) -> str:
@@ -68,19 +79,86 @@ class PretrainedConfig:
         """A copy with some preprocessing entries changed (e.g. ``patch_size``)."""
         return replace(self, preprocessing={**self.preprocessing, **changes})
 
+    def missing_for_prediction(self) -> list[str]:
+        """The unknown values that building plans for prediction needs (empty when there are none)."""
+        return [u for u in self.unknown if u.startswith(("architecture.", "preprocessing.")) and
+                u.split(".", 1)[1] in PREDICTION_NEEDS]
+
+    def completed(self, plans: dict | None, where: str = "") -> "PretrainedConfig":
+        """This config with its unknown values filled from nnU-Net v1 plans (a ``.model.pkl``'s ``plans``), as the
+        STU-Net v1 trainers used them: the last stage's pool kernels (5 strides, padded with [1, 1, 1]), spacing and
+        patch size, each channel's normalization, modalities and intensity properties. Known values are kept; class
+        and channel counts must agree with the config."""
+        if not self.unknown or not plans or "plans_per_stage" not in plans:
+            return self
+        where = where or "the companion plans"
+        try:
+            stages = plans["plans_per_stage"]
+            stage = stages[max(stages)]
+            channels = sorted(int(c) for c in plans["normalization_schemes"])
+            if int(plans["num_classes"]) + 1 != self.num_classes or len(channels) != self.in_channels:
+                raise CheckpointError(f"{where}: the plans describe {len(channels)} input channel(s) and "
+                                      f"{int(plans['num_classes']) + 1} outputs, {self.name} has {self.in_channels} "
+                                      f"and {self.num_classes}")
+            pools = [[int(s) for s in p] for p in stage["pool_op_kernel_sizes"]][:5]
+            pools += [[1] * len(stage["patch_size"])] * (5 - len(pools))
+            schemes = [{"CT": "ct", "noNorm": "none"}.get(str(plans["normalization_schemes"][c]), "zscore")
+                       for c in channels]
+            masks = plans.get("use_mask_for_norm") or {}
+            intensities = (plans.get("dataset_properties") or {}).get("intensityproperties") or {}
+            found = {
+                "spacing": [float(s) for s in stage["current_spacing"]],
+                "patch_size": [int(s) for s in stage["patch_size"]],
+                "normalization": schemes[0] if len(set(schemes)) == 1 else schemes,
+                "use_mask_for_norm": [bool(masks.get(c, False)) for c in channels],
+                "transpose_forward": [int(a) for a in plans.get("transpose_forward", range(len(stage["patch_size"])))],
+                "channel_names": {str(c): str((plans.get("modalities") or {}).get(c, f"channel_{c}"))
+                                  for c in channels},
+            }
+            if "ct" in schemes:
+                found["intensity_properties"] = {str(c): {
+                    "mean": float(intensities[c]["mean"]), "std": float(intensities[c]["sd"]),
+                    "percentile_00_5": float(intensities[c]["percentile_00_5"]),
+                    "percentile_99_5": float(intensities[c]["percentile_99_5"])}
+                    for c, s in zip(channels, schemes) if s == "ct"}
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{where}: not nnU-Net v1 plans that fill {', '.join(self.unknown)} "
+                                  f"({type(e).__name__}: {e})") from None
+        architecture, preprocessing = dict(self.architecture), dict(self.preprocessing)
+        if "architecture.strides" in self.unknown:
+            architecture["strides"] = pools
+        if any(u.startswith("preprocessing.") for u in self.unknown):
+            for key, value in found.items():
+                preprocessing.setdefault(key, value)
+        unknown = tuple(u for u in self.unknown if u == "labels")  # v1 plans hold label values, not names
+        return replace(self, architecture=architecture, preprocessing=preprocessing, unknown=unknown)
+
     @classmethod
     def from_dict(cls, data: dict, origin: str = "") -> "PretrainedConfig":
         where = origin or data.get("name", "a pretrained config")
         try:
             checkpoint = data["checkpoint"]
+            unknown = []
+            architecture, preprocessing = {}, {}
+            for section, target in (("architecture", architecture), ("preprocessing", preprocessing)):
+                for key, value in dict(data[section]).items():
+                    if value == UNKNOWN:
+                        unknown.append(f"{section}.{key}")
+                    else:
+                        target[key] = value
+            labels = {int(k): str(v) for k, v in data["labels"].items()}
+            if UNKNOWN in labels.values():
+                unknown.append("labels")
+                labels = {i: f"class_{i}" if n == UNKNOWN else n for i, n in labels.items()}
             config = cls(name=data["name"], model=data["model"], description=data.get("description", ""),
-                         architecture=dict(data["architecture"]), preprocessing=dict(data["preprocessing"]),
-                         labels={int(k): str(v) for k, v in data["labels"].items()},
+                         architecture=architecture, preprocessing=preprocessing, labels=labels,
                          checkpoint_file=checkpoint["file"], checkpoint_format=checkpoint["format"],
                          trainer=checkpoint["trainer"], companion_file=checkpoint.get("companion"),
                          sha256=checkpoint.get("sha256"), sources=tuple(data.get("sources", ())),
                          license=data.get("license"), project=data.get("project"), paper=data.get("paper"),
-                         origin=origin)
+                         origin=origin, unknown=tuple(unknown))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{where}: not a pretrained config ({type(e).__name__}: {e}); see "
                              f"pretrained_configs/*.json for the layout") from None
@@ -91,9 +169,20 @@ class PretrainedConfig:
                              f"{config.name!r}")
         if len(config.labels) != config.num_classes:
             raise ValueError(f"{where}: {len(config.labels)} label names for {config.num_classes} classes")
+        if config.sha256 is not None and (len(config.sha256) != 64 or
+                                          any(c not in "0123456789abcdef" for c in config.sha256.lower())):
+            raise ValueError(f"{where}: checkpoint.sha256 must be 64 hexadecimal digits, got {config.sha256!r}")
+        for source in config.sources:
+            if not isinstance(source, dict) or not (("hub" in source and "file" in source) or "url" in source):
+                raise ValueError(f"{where}: each source is {{\"hub\": REPO, \"file\": NAME}} or {{\"url\": LINK}}, "
+                                 f"got {source!r}")
         return config
 
 
+UNKNOWN = "unknown"
+#: what plans for prediction need from a config (architecture and preprocessing keys)
+PREDICTION_NEEDS = ("strides", "spacing", "patch_size", "normalization")
+ENV_CONFIGS = "STUNET_PRETRAINED_CONFIGS"
 _EXTRA: dict[str, PretrainedConfig] = {}
 
 
@@ -105,8 +194,25 @@ def _shipped() -> dict[str, PretrainedConfig]:
     return {c.name: c for c in configs}
 
 
+@lru_cache(maxsize=8)
+def _from_environment(value: str) -> dict[str, PretrainedConfig]:
+    files = []
+    for entry in filter(None, value.split(os.pathsep)):
+        path = Path(entry).expanduser()
+        files += sorted(path.glob("*.json")) if path.is_dir() else [path]
+    configs = {}
+    for path in files:
+        try:
+            config = PretrainedConfig.from_dict(json.loads(path.read_text()), str(path))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{ENV_CONFIGS}: {path}: cannot read the pretrained config ({e})") from None
+        configs[config.name] = config
+    return configs
+
+
 def _configs() -> dict[str, PretrainedConfig]:
-    return dict(sorted({**_shipped(), **_EXTRA}.items()))
+    extra = _from_environment(os.environ.get(ENV_CONFIGS, ""))
+    return dict(sorted({**_shipped(), **extra, **_EXTRA}.items()))
 
 
 def register_pretrained_config(config: PretrainedConfig | dict | str | Path) -> PretrainedConfig:
@@ -182,14 +288,39 @@ def source_labels(checkpoint: Checkpoint) -> dict[int, str] | None:
     return dict(label_sets.pop()) if len(label_sets) == 1 else None
 
 
-def create_pretrained(name: str, builder: Callable[..., nn.Module], checkpoint: str | Path,
-                      trust_checkpoint: bool = False, **overrides) -> nn.Module:
-    """``create_model(name, pretrained=FILE, **overrides)``: the released architecture (unless overridden) with the
-    checkpoint's weights; heads and first layer follow :func:`stunet.transfer.transfer_weights` when the overrides
-    change classes or input channels. The config is attached as ``model.pretrained_config``."""
-    config = get_pretrained_config(name)
-    model = builder(**{**config.architecture, **overrides})
+def _release_of_file(name: str, checkpoint: Checkpoint) -> PretrainedConfig:
+    """The release ``name`` means: its config, or for a model name with several releases the one whose architecture
+    the checkpoint has."""
+    try:
+        return get_pretrained_config(name)
+    except ValueError:
+        fitting = [c for c in configs_matching(checkpoint.state_dict) if c.model == name]
+        if name not in list_models() or len(fitting) != 1:
+            raise
+        return fitting[0]
+
+
+def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None,
+                      checkpoint: str | Path | bool | None = True, trust_checkpoint: bool = False,
+                      **overrides) -> nn.Module:
+    """``create_model(name, pretrained=FILE or True, **overrides)``: the released architecture (unless overridden)
+    with the checkpoint's weights; heads and first layer follow :func:`stunet.transfer.transfer_weights` when the
+    overrides change classes or input channels. ``True`` (or None) takes the file from the cache, downloading it on
+    first use (:func:`stunet.weights.weights_path`); a file given is used as it is. Values the config does not know
+    are filled from the checkpoint's companion plans. The config is attached as ``model.pretrained_config``."""
+    config = None
+    if checkpoint is None or checkpoint is True:
+        from stunet.weights import weights_path
+        config = get_pretrained_config(name)
+        checkpoint = weights_path(config)
     ckpt = load_checkpoint(checkpoint, trust=trust_checkpoint)
+    config = (config or _release_of_file(name, ckpt)).completed(ckpt.plans, f"{ckpt.path}.pkl")
+    if "architecture.strides" in config.unknown and "strides" not in overrides:
+        warnings.warn(f"{config.name}: the strides are not known without the companion {config.companion_file} "
+                      f"beside {ckpt.path}; built with the default strides (the weights do not depend on them, the "
+                      f"predictions do)", stacklevel=3)
+    builder = builder or model_builder(config.model)
+    model = builder(**{**config.architecture, **overrides})
     try:
         model.transfer_report = transfer_weights(model, ckpt.state_dict, source_labels(ckpt) or config.labels)
     except IncompatibleWeightsError as e:

@@ -28,18 +28,23 @@ def model_builder(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
-def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: str | bool | None = None, **kwargs) -> nn.Module:
     """Build a registered model, or a released one by its tagged name ('stunet_large.totalseg104').
 
     ``kwargs`` go to the builder (for the STU-Net presets: in_channels, num_classes, strides, kernel_sizes, depths,
-    widths, depth_multiplier, width_multiplier, deep_supervision, activation_checkpointing). With ``pretrained`` (a
-    checkpoint file in any supported format), the architecture follows the released model's config unless
-    overridden, the weights are loaded, and the config is attached as ``model.pretrained_config``;
-    ``trust_checkpoint=True`` allows pickled objects beyond tensors.
+    widths, depth_multiplier, width_multiplier, deep_supervision, activation_checkpointing). With ``pretrained`` the
+    architecture follows the released model's config unless overridden, the weights are loaded, and the config is
+    attached as ``model.pretrained_config``: ``pretrained=True`` takes the released checkpoint from the cache,
+    downloading it on first use (see :mod:`stunet.weights`); ``pretrained=FILE`` reads that file (any supported format).
+    ``trust_checkpoint=True`` allows pickled objects beyond tensors (never implied by a download).
     """
+    if pretrained is False:
+        pretrained = None
     if name in _MODELS and pretrained is None:
         return _MODELS[name](**kwargs)
     from stunet.pretrained import create_pretrained, get_pretrained_config  # checkpoint I/O only when asked for
+    if pretrained is not None and name in _MODELS:  # a model name: the release follows from the file, or is unique
+        return create_pretrained(name, None, pretrained, **kwargs)
     try:
         config = get_pretrained_config(name)
     except ValueError as e:

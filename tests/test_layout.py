@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-RELEASED = ["stunet_base.totalseg104", "stunet_huge.totalseg104", "stunet_large.totalseg104",
-            "stunet_small.totalseg104"]
+RELEASED = ["stunet_base.brats21", "stunet_base.ct_org", "stunet_base.feta21", "stunet_base.totalseg104",
+            "stunet_huge.totalseg104", "stunet_large.totalseg104", "stunet_small.totalseg104"]
 
 # Run by the fresh environment's interpreter; prints what the assertions need as one JSON line.
 PROBE = r"""

@@ -26,7 +26,7 @@ def test_pretraining_preprocessing_for_a_dataset(planned_dataset):
     log = run(["stunet-plans", "-d", "990", "--pretrained", "stunet_small.totalseg104", "--patch-size", "32", "32",
                "64", "--preprocess", "-np", "1"], env)
     assert ("nnUNetv2_train 990 3d_fullres 0 -p STUNetPlans_small_totalseg104 -tr STUNetTrainer_small_ft "
-            "-pretrained_weights small_ep4k.model") in log
+            "-pretrained_weights stunet_small.totalseg104") in log
     assert "nnUNetv2_preprocess" not in log.split("next:")[1]  # --preprocess ran it
     preprocessed = root / "preprocessed" / folder.name
     plans = json.loads((preprocessed / "STUNetPlans_small_totalseg104.json").read_text())

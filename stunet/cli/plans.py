@@ -78,6 +78,10 @@ def main(argv=None) -> None:
     if args.plans_name is not None and (not args.plans_name or "/" in args.plans_name or ".." in args.plans_name):
         parser.exit(2, f"stunet-plans: error: --plans-name must be a plain name, got {args.plans_name!r}\n")
     pretrained = get_pretrained_config(args.pretrained) if args.pretrained else None
+    if pretrained and pretrained.missing_for_prediction():
+        parser.exit(2, f"stunet-plans: error: --pretrained {pretrained.name}: its "
+                       f"{', '.join(pretrained.missing_for_prediction())} are not published; plan with --model "
+                       f"{pretrained.model} instead\n")
     model = pretrained.model if pretrained else args.model
     if args.label_map and args.label_map not in list_label_maps():
         if not Path(args.label_map).is_file():
@@ -128,7 +132,7 @@ def main(argv=None) -> None:
         f"nnUNetv2_preprocess -d {dataset_id} -plans_name {plans_name} -c 3d_fullres -np {args.num_processes}"]
     if pretrained:
         steps.append(f"nnUNetv2_train {dataset_id} 3d_fullres 0 -p {plans_name} -tr STUNetTrainer_{size}_ft "
-                     f"-pretrained_weights {pretrained.checkpoint_file}    # fine-tune the released weights")
+                     f"-pretrained_weights {pretrained.name}    # fine-tune the released weights (downloaded on first use)")
     steps.append(f"nnUNetv2_train {dataset_id} 3d_fullres 0 -p {plans_name} -tr STUNetTrainer_{size}"
                  f"    # from scratch (any trainer takes these plans; see stunet-info --trainers)")
     print("next:\n  " + "\n  ".join(steps))

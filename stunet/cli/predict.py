@@ -1,13 +1,14 @@
 """``stunet-predict``: segment a folder (or one file) of NIfTI images with an STU-Net.
 
-The model is a trained nnU-Net v2 model folder (-m) or a released checkpoint (--pretrained NAME --checkpoint FILE; no
-nnU-Net folders or environment variables needed). Every output has its input's exact geometry.
+The model is a trained nnU-Net v2 model folder (-m) or a released model (--pretrained NAME: its weights are downloaded
+on first use and cached, or read from --checkpoint FILE; no nnU-Net folders or environment variables needed). Every output has its input's exact geometry.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +18,24 @@ from tqdm import tqdm
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
 from stunet.cases import ENDINGS, CaseError, check_files, check_values, find_cases
 from stunet.checkpoint import CheckpointError
+from stunet.claims import Claims
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import canonical, list_label_maps, load_label_map
+from stunet.parts import choose_part, local_device
 from stunet.pretrained import list_pretrained
 
 EPILOG = """input naming: nnU-Net's, case_0000.nii.gz (+ case_0001.nii.gz ... for multi-channel models), or for
 single-channel models plain files (case.nii.gz). Outputs: OUT/case.nii.gz, OUT/labels.json (label index -> name).
 
 examples:
+  stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104       # weights downloaded on first use
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model
+  stunet-predict -i mri/ -o segs/ --pretrained stunet_base.brats21    # 4 files per case: case_0000 ... case_0003
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model --label-map amos22
   stunet-predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Liver/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -f 0 1
-  stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines"""
+  stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines
+  torchrun --nproc_per_node=4 $(which stunet-predict) -i cts/ -o segs/ -m MODEL   # parts and GPUs from torchrun
+  (sbatch --array=0-9) stunet-predict -i cts/ -o segs/ -m MODEL    # part from SLURM; see docs/scaling.md"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("-m", "--model-folder", type=Path, help="nnU-Net v2 trained model folder (plans.json, fold_*)")
     model.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all with a checkpoint)")
     model.add_argument("--checkpoint-name", default="checkpoint_final.pth")
-    model.add_argument("--pretrained", choices=list_pretrained(), help="a released model, with --checkpoint")
-    model.add_argument("--checkpoint", type=Path, help="its checkpoint file (.model, .pth, .safetensors)")
+    model.add_argument("--pretrained", choices=list_pretrained(),
+                       help="a released model; its weights come from the cache (downloaded on first use, see "
+                            "stunet-download) unless --checkpoint is given")
+    model.add_argument("--checkpoint", type=Path, help="the released model's checkpoint file (.model, .pth, "
+                                                       ".safetensors); always used instead of the cache")
     model.add_argument("--trust-checkpoint", action="store_true", help="unpickle checkpoints with full trust")
     run = p.add_argument_group("prediction")
     run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -58,19 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--save-probabilities", action="store_true",
                      help="also write case.npz with float16 probabilities of the output labels")
     out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
-    out.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts ...")
-    out.add_argument("--part-id", type=int, default=0, help="... and predict this one (0-based)")
+    out.add_argument("--num-parts", type=int, help="split the cases into this many parts ... (default: from "
+                                                   "torchrun or SLURM, else 1)")
+    out.add_argument("--part-id", type=int, help="... and predict this one (0-based; default 0)")
     return p
 
 
 def _load_model(args, parser):
     from stunet.inference import load_model_folder, load_pretrained
     if bool(args.model_folder) == bool(args.pretrained):
-        parser.error("give either -m MODEL_FOLDER or --pretrained NAME --checkpoint FILE")
-    if args.pretrained:
-        if not args.checkpoint:
-            parser.error(f"--pretrained {args.pretrained} needs --checkpoint FILE (the downloaded weights, see "
-                         f"docs/model_zoo.md)")
+        parser.error("give either -m MODEL_FOLDER or --pretrained NAME [--checkpoint FILE]")
+    if args.checkpoint and not args.pretrained:
+        parser.error("--checkpoint FILE goes with --pretrained NAME (the released model it is)")
+    if args.pretrained:  # the user's file wins; without one, the cache (downloading on first use)
         return load_pretrained(args.pretrained, args.checkpoint, trust=args.trust_checkpoint)
     return load_model_folder(args.model_folder, args.folds, args.checkpoint_name, trust=args.trust_checkpoint)
 
@@ -105,6 +115,15 @@ def output_labels(model_labels: dict[int, str], label_map: str | None, keep: str
     return names, lookup, [members[i] for i in sorted(names)]
 
 
+def _finished(target: Path, overwrite: bool, started: float) -> bool:
+    """Whether ``target`` needs no prediction: it exists and, with --overwrite, was written since this run began
+    (by another process sharing the folder)."""
+    try:
+        return not overwrite or target.stat().st_mtime >= started
+    except FileNotFoundError:
+        return False
+
+
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -112,8 +131,11 @@ def main(argv=None) -> None:
         args.disable_tta, args.step_size = True, 1.0
     if not 0 < args.step_size <= 1:
         parser.error("--step-size must be in (0, 1]")
-    if not 0 <= args.part_id < args.num_parts:
-        parser.error(f"--part-id must be in 0..{args.num_parts - 1}")
+    started = time.time()
+    try:
+        part = choose_part(args.num_parts, args.part_id)
+    except ValueError as e:
+        parser.error(str(e))
     if not args.input.exists():
         parser.error(f"{args.input} does not exist")
     single_file = args.input.is_file()
@@ -124,6 +146,7 @@ def main(argv=None) -> None:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = local_device(device)  # one GPU per local rank under torchrun or srun
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
     try:
@@ -134,10 +157,13 @@ def main(argv=None) -> None:
 
     from stunet.inference import Predictor
     predictor = Predictor(model, device, args.step_size, not args.disable_tta, args.precision)
-    cases = find_cases(args.input, model.num_input_channels)[args.part_id::args.num_parts]
+    cases = find_cases(args.input, model.num_input_channels)
     if not cases:
         parser.exit(1, f"stunet-predict: error: no images in {args.input} (expected {', '.join(('.nii.gz', '.nii'))}"
                        f" files)\n")
+    if part is not None and not part.select(cases):
+        parser.exit(0, f"stunet-predict: {part.describe()}: no cases in this part ({len(cases)} in all)\n")
+    cases = part.select(cases) if part is not None else cases
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_folder(out_dir)
     atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(
@@ -145,7 +171,8 @@ def main(argv=None) -> None:
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
     print(f"stunet-predict: {len(cases)} case(s) from {args.input}, model {model.description}, device {device}"
-          + (f", part {args.part_id + 1}/{args.num_parts}" if args.num_parts > 1 else ""), file=sys.stderr)
+          + (f", {part.describe()}" if part is not None else ""), file=sys.stderr)
+    claims, busy = Claims(partial.parent), []  # one process per output at a time (stunet/claims.py)
     done, skipped, failed = 0, 0, []
     bar = tqdm(cases, unit="case", desc="cases")
     for case in bar:
@@ -153,7 +180,13 @@ def main(argv=None) -> None:
         if target.resolve() in inputs:
             failed.append(f"{case.name}: output {target} would overwrite an input")
             continue
-        if target.exists() and not args.overwrite:
+        if _finished(target, args.overwrite, started):
+            skipped += 1
+            continue
+        if not claims.claim(target.name):  # another process is predicting it
+            busy.append(case.name)
+            continue
+        if _finished(target, args.overwrite, started):  # written by another process since the first look
             skipped += 1
             continue
         bar.set_postfix_str(case.name)
@@ -178,6 +211,9 @@ def main(argv=None) -> None:
             seg, probs = predictor.segment(features, properties, lookup,
                                            members if args.save_probabilities else None)
             del features
+            if not claims.holds():  # taken over as stale by another process, which writes this case
+                busy.append(case.name)
+                continue
             if probs is not None:
                 atomic_write(target.with_name(f"{case.name}.npz"), lambda tmp: np.savez_compressed(
                     tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])), partial)
@@ -190,7 +226,9 @@ def main(argv=None) -> None:
             failed.append(f"{case.files[0]}: {type(e).__name__}: {e}")
             tqdm.write(f"stunet-predict: error: {case.files[0]}: {type(e).__name__}: {e}", file=sys.stderr)
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
-              f"{len(failed)} failed; outputs in {out_dir}"
+              f"{len(failed)} failed" + (f", {len(busy)} left to other processes predicting them" if busy else "") \
+              + f"; outputs in {out_dir}"
+    claims.close()
     remove_partial_folder(out_dir)
     print(summary, file=sys.stderr)
     if failed:
