@@ -71,9 +71,11 @@ def write_safetensors(checkpoint: Checkpoint, out: Path, pretrained: str | None 
 
     arch = architecture_of(checkpoint.state_dict)
     config = released_config_for(checkpoint, pretrained)
+    if config is not None:
+        config = config.completed(checkpoint.plans, f"{checkpoint.path}.pkl")
     labels = source_labels(checkpoint) or (config.labels if config else None)
     description = {"model": describe(arch), "architecture": {**arch, **(
-        {"strides": config.architecture["strides"]} if config else {})},
+        {"strides": config.architecture["strides"]} if config and "strides" in config.architecture else {})},
         "labels": labels, "pretrained": config.name if config else None, "converted_from": checkpoint.format}
     metadata = {"format": "stunet", "architecture": json.dumps(description["architecture"]),
                 **({"labels": json.dumps(labels)} if labels else {})}

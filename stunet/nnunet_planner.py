@@ -53,6 +53,9 @@ class STUNetPlanner(ExperimentPlanner):
         if pretrained is not None and pretrained.model != self.model_name:
             raise ValueError(f"{type(self).__name__} plans {self.model_name}, but {pretrained.name} is a "
                              f"{pretrained.model}")
+        if pretrained is not None and pretrained.missing_for_prediction():
+            raise ValueError(f"{pretrained.name}: {', '.join(pretrained.missing_for_prediction())} are not known; "
+                             f"plan with {type(self).__name__} without a pretrained config")
         size = PRESETS[self.model_name].size
         default_name = f"STUNetPlans_{size}" + (f"_{pretrained.tag}" if pretrained else "")
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name or default_name,

@@ -300,6 +300,20 @@ def _release_of_file(name: str, checkpoint: Checkpoint) -> PretrainedConfig:
         return fitting[0]
 
 
+def _check_counts(config: PretrainedConfig, checkpoint: Checkpoint) -> None:
+    """The released model as it is (no class or channel override): the file must have its outputs and input channels,
+    or the heads would start fresh unnoticed."""
+    try:
+        arch = architecture_of(checkpoint.state_dict)
+    except (IncompatibleWeightsError, KeyError, IndexError):
+        return  # weight transfer names what is wrong with the file
+    if (arch["num_classes"], arch["in_channels"]) != (config.num_classes, config.in_channels):
+        raise CheckpointError(f"{checkpoint.path}: the checkpoint has {arch['num_classes']} outputs and "
+                              f"{arch['in_channels']} input channel(s), {config.name} has {config.num_classes} and "
+                              f"{config.in_channels}; another release? To start from it anyway, pass num_classes= "
+                              f"and in_channels=")
+
+
 def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None,
                       checkpoint: str | Path | bool | None = True, trust_checkpoint: bool = False,
                       **overrides) -> nn.Module:
@@ -315,6 +329,8 @@ def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None
         checkpoint = weights_path(config)
     ckpt = load_checkpoint(checkpoint, trust=trust_checkpoint)
     config = (config or _release_of_file(name, ckpt)).completed(ckpt.plans, f"{ckpt.path}.pkl")
+    if "num_classes" not in overrides and "in_channels" not in overrides:
+        _check_counts(config, ckpt)
     if "architecture.strides" in config.unknown and "strides" not in overrides:
         warnings.warn(f"{config.name}: the strides are not known without the companion {config.companion_file} "
                       f"beside {ckpt.path}; built with the default strides (the weights do not depend on them, the "

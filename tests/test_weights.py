@@ -133,6 +133,16 @@ def test_the_users_file_wins_over_the_cache_and_the_network(hub, release, tmp_pa
     assert cached_path(get_pretrained_config(TINY)) is None
 
 
+def test_a_file_of_another_class_count_is_not_taken_for_the_release(release, tmp_path):
+    torch.manual_seed(0)
+    other = stunet.create_model("stunet_small", **{**tiny_config()["architecture"], "num_classes": 4})
+    path = write_v1(other.state_dict(), tmp_path / "tiny.model")
+    with pytest.raises(CheckpointError, match=f"{path}: the checkpoint has 4 outputs and 1 input channel\\(s\\), "
+                                              f"{TINY} has 3 and 1"):
+        stunet.create_model(TINY, pretrained=path)
+    assert stunet.create_model(TINY, pretrained=path, num_classes=5).config.num_classes == 5  # adapted on request
+
+
 # -- checksums -------------------------------------------------------------------------------------------------------
 def test_a_file_other_than_the_known_checksum_is_refused_and_never_loaded(hub, monkeypatch):
     """The shipped STU-Net-S config has the published SHA-256: a fabricated file on the Hub is refused."""
@@ -310,6 +320,26 @@ def test_brats21_from_the_hub_predicts_four_channel_cases(hub, release, tmp_path
     labels = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert labels == {"0": "background", "1": "class_1", "2": "class_2", "3": "class_3", "4": "class_4"}
     assert (tmp_path / "cache" / "models--blueyo0--STU-Net_BraTS21" / "stunet-checksums.json").is_file()
+    # stunet-convert's parts: completed from the companion, refused in one line without it
+    from stunet.convert import nnunet_v2_parts
+    _, plans, dataset_json = nnunet_v2_parts(load_checkpoint(served))
+    assert dataset_json["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
+    (tmp_path / "bare").mkdir()
+    bare = tmp_path / "bare" / served.name
+    bare.write_bytes(served.read_bytes())
+    with pytest.raises(CheckpointError, match="not known without its companion base_ep1k.model.pkl"):
+        nnunet_v2_parts(load_checkpoint(bare))
+
+
+def test_stunet_plans_refuses_a_release_whose_preprocessing_is_unknown(tmp_path, monkeypatch, capsys):
+    from stunet.cli.plans import main
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    with pytest.raises(SystemExit):
+        main(["-d", "990", "--pretrained", "stunet_base.feta21"])
+    assert "--pretrained stunet_base.feta21: its architecture.strides, preprocessing.spacing" in \
+        capsys.readouterr().err
 
 
 def test_without_the_companion_unknown_preprocessing_is_one_line(release, tmp_path):
