@@ -176,3 +176,83 @@ def corpus(folder: Path) -> dict[str, Path]:
     (folder / "legacy_truncated.model").write_bytes(legacy[:-10])
     files["truncated_legacy"] = folder / "legacy_truncated.model"
     return files
+
+
+# -- images --------------------------------------------------------------------------------------------------------
+def _image(shape=(12, 16, 20), spacing=(1.0, 1.0, 2.0), seed: int = 0):
+    import SimpleITK as sitk
+
+    array = np.random.default_rng(seed).normal(0, 100, shape).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return image
+
+
+def _write(image, path: Path, compress: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    sitk.WriteImage(image, str(path), compress)
+    return path
+
+
+def _cut(path: Path, fraction: float = 0.6) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _nifti_with(path: Path, source: Path, **fields) -> Path:
+    """A copy of an uncompressed NIfTI-1 file with header fields replaced (pixdim=(x, y, z), dim=(n, x, y, z))."""
+    import struct
+
+    data = bytearray(source.read_bytes())
+    if "pixdim" in fields:
+        for i, value in enumerate(fields["pixdim"]):
+            struct.pack_into("<f", data, 80 + 4 * i, value)
+    if "dim" in fields:
+        for i, value in enumerate(fields["dim"]):
+            struct.pack_into("<h", data, 40 + 2 * i, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def image_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Broken or careless image files (name -> (file, what the message must say)); each must be refused before it is
+    read in full. File names end in _0000 so that a folder of them is a set of single-channel cases."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = _image()
+    plain = _write(image, folder / "source.nii")
+    cases = {}
+
+    def add(name, path, expected):
+        cases[name] = (path, expected)
+
+    header = plain.read_bytes()[:352]
+    (folder / "header_only_0000.nii").write_bytes(header)
+    add("header_only_nii", folder / "header_only_0000.nii", "holds none (a header only)")
+    (folder / "header_only_gz_0000.nii.gz").write_bytes(gzip.compress(header))
+    add("header_only_nii_gz", folder / "header_only_gz_0000.nii.gz", "holds none (a header only)")
+    add("truncated_nii", _cut(_write(image, folder / "cut_nii_0000.nii")), "truncated file")
+    add("truncated_nii_gz", _cut(_write(image, folder / "cut_gz_0000.nii.gz", True)), "truncated gzip file")
+    add("truncated_nrrd", _cut(_write(image, folder / "cut_nrrd_0000.nrrd")), "truncated file")
+    add("truncated_nrrd_gzip", _cut(_write(image, folder / "cut_nrrdgz_0000.nrrd", True)), "truncated gzip file")
+    add("truncated_mha", _cut(_write(image, folder / "cut_mha_0000.mha")), "truncated file")
+    add("truncated_mha_zlib", _cut(_write(image, folder / "cut_mhaz_0000.mha", True)), "truncated compressed data")
+    mhd = _write(image, folder / "cut_mhd_0000.mhd")
+    _cut(folder / "cut_mhd_0000.raw", 0.5)
+    add("truncated_mhd_data", mhd, "truncated file")
+    missing = _write(image, folder / "nodata_mhd_0000.mhd")
+    (folder / "nodata_mhd_0000.raw").unlink()
+    add("mhd_without_data_file", missing, "does not exist")
+    add("zero_spacing", _nifti_with(folder / "zero_0000.nii", plain, pixdim=(0.0, 1.0, 2.0)), "not finite and positive")
+    add("nan_spacing", _nifti_with(folder / "nan_0000.nii", plain, pixdim=(float("nan"), 1.0, 2.0)),
+        "not finite and positive")
+    add("inf_spacing", _nifti_with(folder / "inf_0000.nii", plain, pixdim=(1.0, float("inf"), 2.0)),
+        "not finite and positive")
+    add("absurd_spacing", _write(_image((20, 20, 20), (45.0, 45.0, 45.0)), folder / "absurd_0000.nii.gz", True),
+        "become 600 x 600 x 600 = 216,000,000 voxels")
+    add("huge_declared", _nifti_with(folder / "huge_0000.nii", plain, dim=(3, 30000, 30000, 30000)),
+        "over the budget")
+    return cases

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from checkpoint_helpers import write_v1, write_v2
-from hostile_helpers import corpus, torch_zip, weights
+from hostile_helpers import corpus, image_corpus, torch_zip, weights
+from stunet.cases import Case, CaseError, VoxelBudget, check_data_size, check_files, max_voxels
 from stunet.checkpoint import CheckpointError, load_checkpoint, plain_data, read_pickle
 from stunet.pickle_guard import Limits, PickleRefused, inspect_pickle
 
@@ -178,3 +179,88 @@ def test_the_walker_refuses_malformed_streams():
         with pytest.raises(PickleRefused):
             inspect_pickle(data)
     inspect_pickle(pickle.dumps({"a": [1, 2.0, "x", None, True]}))
+
+
+# -- 3. images are checked before they are read in full ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_images(tmp_path_factory):
+    return image_corpus(tmp_path_factory.mktemp("images"))
+
+
+def _case(path: Path):
+    from stunet.cases import _split
+
+    return Case(path.name, [path], _split(path)[1])
+
+
+def test_every_broken_or_careless_image_is_refused_before_it_is_read(bad_images):
+    budget = VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2])
+    for name, (path, expected) in bad_images.items():
+        start = time.perf_counter()
+        with pytest.raises(CaseError) as error:
+            check_files(_case(path), 3, budget)
+        message = str(error.value)
+        assert str(path) in message and expected in message and "\n" not in message, (name, message)
+        assert time.perf_counter() - start < 1, name
+
+
+@pytest.mark.parametrize("ending, compress", [(".nii", False), (".nii.gz", True), (".nrrd", False), (".nrrd", True),
+                                              (".mha", False), (".mha", True), (".mhd", False), (".mhd", True)])
+def test_whole_images_of_every_format_pass(tmp_path, ending, compress):
+    import SimpleITK as sitk
+
+    path = tmp_path / f"case_0000{ending}"
+    image = sitk.GetImageFromArray(np.arange(12 * 16 * 20, dtype=np.float32).reshape(12, 16, 20))
+    image.SetSpacing((0.7, 0.8, 2.5))
+    sitk.WriteImage(image, str(path), compress)
+    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2]))
+    check_data_size(path)
+
+
+def test_concatenated_gzip_members_count_as_one_stream(tmp_path):
+    import gzip
+
+    import SimpleITK as sitk
+
+    whole = tmp_path / "whole.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 9, 10), np.int16)), str(whole))
+    data = whole.read_bytes()
+    path = tmp_path / "two_members.nii.gz"
+    path.write_bytes(gzip.compress(data[:500]) + gzip.compress(data[500:]))
+    check_data_size(path)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).sum() == 8 * 9 * 10  # as ITK reads it
+
+
+def test_voxel_budget_estimates_the_resampled_grid_and_can_be_raised(bad_images, monkeypatch):
+    budget = VoxelBudget([1.5, 1.5, 3.0], [2, 1, 0])  # the plans' spacing is in the transposed order
+    # SimpleITK's x, y, z -> nnU-Net's z, y, x -> transposed back to x, y, z, then resampled
+    assert budget.resampled_shape((100, 200, 30), (0.75, 0.75, 3.0)) == [50, 100, 30]
+    path, _ = bad_images["absurd_spacing"]
+    monkeypatch.setenv("STUNET_MAX_VOXELS", "3e8")
+    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels()))  # raised: it passes
+    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(2.2e8)))  # the option wins
+    with pytest.raises(CaseError, match="--max-voxels N or STUNET_MAX_VOXELS=N"):
+        check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(1e8)))
+    monkeypatch.setenv("STUNET_MAX_VOXELS", "lots")
+    with pytest.raises(ValueError, match="not a number of voxels"):
+        max_voxels()
+
+
+def test_predict_skips_each_broken_image_with_one_line_and_predicts_the_rest(bad_images, tmp_path):
+    from predict_helpers import make_model_folder, predict, write_cases
+
+    model = make_model_folder(tmp_path / "model")
+    folder = tmp_path / "in"
+    write_cases(folder, 1)
+    for path, _ in bad_images.values():
+        for part in [path, *([path.with_suffix(".raw")] if path.suffix == ".mhd" else [])]:
+            if part.exists():
+                (folder / part.name).write_bytes(part.read_bytes())
+    done = predict("-i", folder, "-o", tmp_path / "out", "-m", model, "--fast", check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    failures = done.stderr.split("failed:\n")[1].strip().splitlines()
+    assert len(failures) == len(bad_images), failures
+    for path, expected in bad_images.values():
+        assert any(str(folder / path.name) in line and expected in line for line in failures), (path, failures)
+    assert f"1 predicted, 0 skipped (output exists; --overwrite to redo), {len(bad_images)} failed" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.cases import ENDINGS, CaseError, check_files, check_values, find_cases
+from stunet.cases import ENDINGS, ENV_MAX_VOXELS, CaseError, VoxelBudget, check_files, check_values, find_cases
 from stunet.checkpoint import CheckpointError
 from stunet.claims import Claims
 from stunet.cpu_memory import reuse_freed_memory
@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
                                                          "accurate")
+    run.add_argument("--max-voxels", type=float, metavar="N",
+                     help=f"voxel budget of an image at the model's spacing (default 2e8, or ${ENV_MAX_VOXELS}); "
+                          f"larger images are skipped with a message")
     out = p.add_argument_group("outputs")
     out.add_argument("--label-map", help="map the model's classes onto another label system: a shipped map ("
                                          + ", ".join(list_label_maps()) + ") or a JSON file")
@@ -152,6 +155,7 @@ def main(argv=None) -> None:
     try:
         model = _load_model(args, parser)
         names, lookup, members = output_labels(model.label_names, args.label_map, args.labels)
+        budget = VoxelBudget.for_model(model, args.max_voxels)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
 
@@ -193,7 +197,7 @@ def main(argv=None) -> None:
         try:
             if case.problem:
                 raise CaseError(case.problem)
-            check_files(case, 3)
+            check_files(case, 3, budget)
             try:
                 image, properties = predictor.read(case.files)
             except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
