@@ -176,7 +176,11 @@ def verify(config, path: str | Path, source: dict, rehash: bool = False, progres
                                "recorded": (entry or {}).get("recorded") or datetime.datetime.now(
                                    datetime.timezone.utc).isoformat(timespec="seconds"),
                                "checked_against": "config" if config.sha256 else "first download"}
-    _write_records(record, records)
+    try:
+        _write_records(record, records)
+    except OSError as e:  # a read-only cache: checked all the same, recorded next time it can be
+        warnings.warn(f"{config.name}: could not write the checksum record {record} ({_first_line(e)}); the file was "
+                      f"checked and will be re-hashed at the next load", stacklevel=3)
     return status
 
 
@@ -254,11 +258,13 @@ def _fetch_companion(config, source: dict, path: Path, downloaded: bool) -> Path
     return None
 
 
-def weights_path(config, download: bool = True, force: bool = False, progress: bool = True) -> Path:
+def weights_path(config, download: bool = True, force: bool = False, progress: bool = True,
+                 fetch_companion: bool = False) -> Path:
     """The local checkpoint of a released model (a :class:`~stunet.pretrained.PretrainedConfig` or its name): from
     the cache, else downloaded (unless ``download`` is False or ``HF_HUB_OFFLINE`` is set), then checked against the
     known or recorded checksum. Its companion file (``.model.pkl``), where the config names one, is fetched beside it
-    when available. Raises :class:`WeightsError` (one line) when the file is missing or refused."""
+    with a download (or, with ``fetch_companion``, whenever it is neither cached nor known to be missing on the Hub).
+    Raises :class:`WeightsError` (one line) when the file is missing or refused."""
     if isinstance(config, str):
         from stunet.pretrained import get_pretrained_config
         config = get_pretrained_config(config)
@@ -273,7 +279,7 @@ def weights_path(config, download: bool = True, force: bool = False, progress: b
         downloaded = True
     path, source = found
     verify(config, path, source, rehash=downloaded, progress=progress)
-    _fetch_companion(config, source, path, downloaded)
+    _fetch_companion(config, source, path, downloaded or fetch_companion)
     return path
 
 

@@ -235,6 +235,36 @@ def test_a_companion_missing_on_the_hub_is_a_warning(hub, release):
     assert len(hub.requests) == before
 
 
+def test_stunet_download_fetches_a_companion_the_first_download_missed(hub, release):
+    path = weights_path(TINY)
+    path.with_name("tiny.model.pkl").unlink()  # as if its download had failed
+    weights_path(TINY)  # a load does not go looking for it
+    assert not path.with_name("tiny.model.pkl").exists()
+    weights_path(TINY, fetch_companion=True)  # stunet-download does
+    assert path.with_name("tiny.model.pkl").read_bytes() == release[1]
+
+
+def test_a_read_only_cache_still_loads_and_still_refuses(hub, release, monkeypatch):
+    from stunet import weights
+    path = weights_path(TINY)
+    os.utime(path.resolve(), ns=(1, 1))  # a copy with another modification time: re-hashed at the next load
+    monkeypatch.setattr(weights, "_write_records", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
+    with pytest.warns(UserWarning, match="could not write the checksum record"):
+        assert weights_path(TINY) == path
+    with open(path.resolve(), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(WeightsError, match="its first download"):
+        weights_path(TINY)
+
+
+def test_nnunet_trainer_names_a_path_that_is_neither_file_nor_release():
+    import types
+    from stunet.nnunet_trainer import STUNetTrainer
+    with pytest.raises(CheckpointError, match="nope.model: no such checkpoint file, nor the name of a released model "
+                                              r"\(stunet_base.brats21, "):
+        STUNetTrainer.load_pretrained_weights(types.SimpleNamespace(), "nope.model")
+
+
 # -- the downstream zoo entries --------------------------------------------------------------------------------------
 def v1_plans(channels, classes, schemes, patch=(32, 32, 32), spacing=(1.0, 1.0, 1.0), transpose=(0, 1, 2),
              modalities=None):

@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.cache_dir:
         os.environ["STUNET_HOME"] = str(args.cache_dir.expanduser().resolve())
-    from stunet.weights import WeightsError, cache_dir, cached_path, describe_sources, verify_cached, weights_path
+    from stunet.weights import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached,
+                                weights_path)
 
     if args.list:
         for name in list_pretrained():
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
                 print(f"{name}: {cached.path}: {CHECKSUM[cached.checksum]}")
             continue
         try:
-            path = weights_path(config, force=args.force)
+            path = weights_path(config, force=args.force, fetch_companion=True)
         except WeightsError as e:
             failed.append(name)
             print(f"stunet-download: error: {e}", file=sys.stderr)
@@ -108,7 +109,6 @@ def main(argv=None) -> None:
         extra = f", with {companion.name}" if companion.is_file() else ""
         print(f"{name}: {path} ({_size(path)}{extra}); {status}")
         if found:
-            from stunet.weights import repo_folder
             folders.append(repo_folder(found[1], cache_dir()))
     if folders:
         print(_copy_hint(cache_dir(), folders))
