@@ -28,10 +28,11 @@ def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tu
         config = released_config_for(checkpoint, pretrained)
         if config is not None:
             config = config.completed(checkpoint.plans, f"{checkpoint.path}.pkl")
-            if config.missing_for_prediction():
-                raise CheckpointError(f"{checkpoint.path}: {config.name}'s {', '.join(config.missing_for_prediction())} "
-                                      f"are not known without its companion {config.companion_file} (nnU-Net v1 "
-                                      f"plans) beside the checkpoint; put it there")
+            missing = config.missing_for_prediction()
+            if missing:
+                raise CheckpointError(f"{checkpoint.path}: {config.name}'s {', '.join(missing)} are not known without "
+                                      f"its companion {config.companion_file} (nnU-Net v1 plans) beside the "
+                                      f"checkpoint; put it there")
             channels = arch["in_channels"]
             plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=channels)
             dataset_json = dataset_json_for_pretrained(config, channels)
