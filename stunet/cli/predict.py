@@ -122,9 +122,10 @@ def _finished(target: Path, overwrite: bool, started: float) -> bool:
     """Whether ``target`` needs no prediction: it exists and, with --overwrite, was written since this run began
     (by another process sharing the folder)."""
     try:
-        return not overwrite or target.stat().st_mtime >= started
+        written = target.stat().st_mtime
     except FileNotFoundError:
         return False
+    return not overwrite or written >= started
 
 
 def main(argv=None) -> None:
@@ -229,6 +230,9 @@ def main(argv=None) -> None:
         except (RuntimeError, ValueError, OSError, MemoryError) as e:
             failed.append(f"{case.files[0]}: {type(e).__name__}: {e}")
             tqdm.write(f"stunet-predict: error: {case.files[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+        except BaseException:  # interrupted: its claim goes with it
+            claims.close()
+            raise
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
               f"{len(failed)} failed" + (f", {len(busy)} left to other processes predicting them" if busy else "") \
               + f"; outputs in {out_dir}"
