@@ -5,7 +5,14 @@ from stunet.registry import create_model, list_models, register_model
 from stunet import presets  # noqa: F401  (registers the presets)
 
 __version__ = "0.1.0"
-__all__ = ["STUNet", "STUNetConfig", "create_model", "list_models", "register_model", "__version__"]
+__all__ = ["STUNet", "STUNetConfig", "Segmenter", "create_model", "list_models", "register_model", "__version__"]
+
+
+def __getattr__(name):  # stunet.Segmenter without importing nnU-Net's inference on every ``import stunet``
+    if name == "Segmenter":
+        from stunet.segmenter import Segmenter
+        return Segmenter
+    raise AttributeError(f"module 'stunet' has no attribute {name!r}")
 
 
 # ---- Source-tree layout (issue 12) -----------------------------------------------------------------------------------
