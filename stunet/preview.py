@@ -1,0 +1,69 @@
+"""A PNG preview of a segmentation (``stunet-predict --preview``): three orthogonal slices through the centroid of
+the labelled voxels (the image centre when nothing is labelled), the image in grey on the top row and the labels
+painted opaquely over it on the bottom row, displayed with the voxel spacing's aspect ratio, and a legend of the label
+names present in the image.
+
+Palette (fixed, so that a label has the same colour in every preview): label ``i`` (1, 2, ...) gets ``PALETTE[(i - 1)
+% 20]``, the 20 colours of matplotlib's ``tab20`` in its order (label 1 blue ``#1f77b4``, 2 light blue ``#aec7e8``,
+3 orange ``#ff7f0e``, ...). The figure is ``SIZE`` pixels (1200 x 900). Orientation: views are slices of the array
+axes (axial-like: first array axis fixed, as ITK stores z, y, x), not resampled to patient axes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+PALETTE = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd",
+           "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
+           "#17becf", "#9edae5"]
+SIZE = (1200, 900)  # width, height in pixels
+_DPI = 100
+
+
+def colour(label: int) -> tuple[int, int, int]:
+    """The RGB (0-255) colour of a label (> 0)."""
+    h = PALETTE[(int(label) - 1) % len(PALETTE)]
+    return tuple(int(h[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def write_preview(path: Path, image: np.ndarray, seg: np.ndarray, spacing: Sequence[float],
+                  names: dict[int, str], title: str = "") -> None:
+    """``image`` and ``seg`` (z, y, x) with ``spacing`` (z, y, x) in mm."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    labelled = np.argwhere(seg > 0)
+    centre = labelled.mean(0).round().astype(int) if len(labelled) else np.array(seg.shape) // 2
+    lo, hi = np.percentile(image, [1, 99]) if image.size else (0, 1)
+    if hi <= lo:
+        hi = lo + 1
+    table = np.zeros((int(max(seg.max(), 0)) + 1, 3), dtype=np.uint8)
+    for label in range(1, len(table)):
+        table[label] = colour(label)
+    fig = Figure(figsize=(SIZE[0] / _DPI, SIZE[1] / _DPI), dpi=_DPI)
+    axes = fig.subplots(2, 3)
+    views = [(0, (1, 2)), (1, (0, 2)), (2, (0, 1))]  # fixed axis, (rows, cols) axes
+    for column, (axis, (r, c)) in enumerate(views):
+        index = [slice(None)] * 3
+        index[axis] = int(centre[axis])
+        grey = np.clip((image[tuple(index)].astype(np.float64) - lo) / (hi - lo), 0, 1)
+        labels = seg[tuple(index)]
+        rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+        painted = np.where((labels > 0)[..., None], table[labels], rgb)
+        aspect = float(spacing[r]) / float(spacing[c])
+        for row, picture in enumerate((rgb, painted)):
+            ax = axes[row][column]
+            ax.imshow(picture, interpolation="nearest", aspect=aspect, origin="lower" if axis != 0 else "upper")
+            ax.set_axis_off()
+        axes[0][column].set_title(f"array axis {axis} = {int(centre[axis])}", fontsize=9)
+    present = sorted(int(v) for v in np.unique(seg) if v > 0)
+    handles = [Patch(color=np.array(colour(i)) / 255, label=f"{i}: {names.get(i, str(i))}") for i in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(str(path), dpi=_DPI, format="png")

@@ -1,0 +1,64 @@
+"""Per-label statistics of a segmentation on its image's grid (``stunet-predict --statistics``).
+
+For every output label: voxel count, volume in millilitres (count x voxel volume, spacing in mm), the mean, standard
+deviation (population, ddof=0), median, minimum and maximum of the first input channel inside the label (as stored,
+e.g. Hounsfield units for CT; NaN for an absent label), and whether the label touches the image border (any voxel on
+one of the six faces). Written as ``case.statistics.json`` per case and one ``statistics.csv`` for the run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+
+FIELDS = ["case", "label", "name", "voxels", "volume_ml", "mean", "std", "median", "min", "max", "touches_border"]
+
+
+def label_statistics(seg: np.ndarray, image: np.ndarray, spacing: Sequence[float],
+                     names: dict[int, str]) -> dict[str, dict]:
+    """``seg`` and ``image`` share their shape (any axis order, ``spacing`` in mm per axis in that order);
+    one entry per output label except background (0), keyed by name."""
+    if seg.shape != image.shape:
+        raise ValueError(f"segmentation {seg.shape} and image {image.shape} differ in shape")
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    border = np.zeros(seg.shape, dtype=bool)
+    for axis in range(seg.ndim):
+        index = [slice(None)] * seg.ndim
+        for end in (0, -1):
+            index[axis] = end
+            border[tuple(index)] = True
+    out = {}
+    for label, name in sorted(names.items()):
+        if label == 0:
+            continue
+        mask = seg == label
+        values = image[mask].astype(np.float64)
+        count = int(values.size)
+        nan = float("nan")
+        out[name] = {"label": int(label), "voxels": count, "volume_ml": count * voxel_ml,
+                     "mean": float(values.mean()) if count else nan, "std": float(values.std()) if count else nan,
+                     "median": float(np.median(values)) if count else nan,
+                     "min": float(values.min()) if count else nan, "max": float(values.max()) if count else nan,
+                     "touches_border": bool(np.any(mask & border))}
+    return out
+
+
+def to_json_ready(stats: dict) -> dict:
+    """NaN (absent label) as null: JSON has no NaN."""
+    return {k: {f: (None if isinstance(v, float) and math.isnan(v) else v) for f, v in e.items()}
+            for k, e in stats.items()}
+
+
+def csv_rows(case: str, stats: dict) -> list[dict]:
+    return [{"case": case, "name": name, **{f: e[f] for f in FIELDS if f in e}} for name, e in stats.items()]
+
+
+def csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
