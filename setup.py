@@ -67,7 +67,8 @@ setup(
         "safetensors>=0.4",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "highdicom>=0.22", "pydicom>=2.4"],
+                    "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},
     entry_points={"console_scripts": [
         "stunet-info=stunet.cli.info:main",
         "stunet-demo=stunet.cli.demo:main",

@@ -39,3 +39,23 @@ def test_preview_png(tmp_path):
     rgb = (picture[..., :3] * 255).round().astype(int).reshape(-1, 3)
     assert np.any(np.all(rgb == colour(3), axis=1)), "label 3's colour is missing"
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nifti_carries_label_names(tmp_path):
+    import json
+
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from stunet.outputs import describe_nifti
+
+    image = sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3)
+    image.SetSpacing((0.5, 0.7, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "s.nii.gz"))
+    before = nib.load(str(tmp_path / "s.nii.gz"))
+    describe_nifti(tmp_path / "s.nii.gz", {0: "background", 1: "liver", 2: "spleen"})
+    after = nib.load(str(tmp_path / "s.nii.gz"))
+    assert after.header["descrip"].tobytes().rstrip(b"\0") == b"stunet labels 1=liver;2=spleen"
+    assert json.loads(after.header.extensions[0].get_content()) == {"0": "background", "1": "liver", "2": "spleen"}
+    np.testing.assert_array_equal(np.asarray(after.dataobj), np.asarray(before.dataobj))
+    assert np.allclose(after.affine, before.affine)
