@@ -53,9 +53,10 @@ def test_nifti_carries_label_names(tmp_path):
     image.SetSpacing((0.5, 0.7, 2.0))
     sitk.WriteImage(image, str(tmp_path / "s.nii.gz"))
     before = nib.load(str(tmp_path / "s.nii.gz"))
+    voxels, affine = np.asarray(before.dataobj), before.affine
     describe_nifti(tmp_path / "s.nii.gz", {0: "background", 1: "liver", 2: "spleen"})
     after = nib.load(str(tmp_path / "s.nii.gz"))
     assert after.header["descrip"].tobytes().rstrip(b"\0") == b"stunet labels 1=liver;2=spleen"
     assert json.loads(after.header.extensions[0].get_content()) == {"0": "background", "1": "liver", "2": "spleen"}
-    np.testing.assert_array_equal(np.asarray(after.dataobj), np.asarray(before.dataobj))
-    assert np.allclose(after.affine, before.affine)
+    np.testing.assert_array_equal(np.asarray(after.dataobj), voxels)
+    assert np.allclose(after.affine, affine) and after.get_data_dtype() == np.uint8
