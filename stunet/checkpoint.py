@@ -322,6 +322,25 @@ def plain_data(obj, path: Path, what: str):
     return _Plain(Path(path), what).copy(obj)
 
 
+def read_json_file(path: str | Path, what: str = "the file") -> dict:
+    """A JSON object from ``path`` (a model folder's plans.json / dataset.json), checked like the plans inside a
+    checkpoint: plain, bounded data; CheckpointError naming the file otherwise."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PLAIN_TEXT:
+            raise CheckpointError(f"{path}: larger than {MAX_PLAIN_TEXT // MIB} MiB; not an nnU-Net JSON file")
+        content = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160] or type(e).__name__})"
+                              ) from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    content = plain_data(content, path, what)
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(content).__name__}, not an object")
+    return content
+
+
 def _text(obj, path: Path, what: str, limit: int = 1000) -> str | None:
     if obj is None or (isinstance(obj, str) and len(obj) <= limit):
         return obj

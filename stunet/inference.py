@@ -17,7 +17,6 @@ normalisation), tile positions, the Gaussian, padding, mirroring axes, the label
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +29,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compu
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from stunet.checkpoint import CheckpointError, load_checkpoint
+from stunet.checkpoint import CheckpointError, load_checkpoint, read_json_file
 from stunet.network import STUNet
 from stunet.resample import axis_orders, resample_chunks
 from stunet.transfer import IncompatibleWeightsError, check_tensors
@@ -76,6 +75,9 @@ def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configur
         os.environ.update(with_trainer_folder(os.environ))
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         trainer = recursive_find_trainer_class_by_name(trainer_name)
+        if trainer is None:
+            raise ValueError(f"the model was trained with {trainer_name}, a trainer that is not installed here; put "
+                             f"its module in nnU-Net's trainer folder or predict with the nnU-Net that trained it")
     configuration_manager = plans_manager.get_configuration(configuration)
     network = trainer.build_network_architecture(
         plans_manager, configuration_manager,
@@ -95,13 +97,20 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
         if not (folder / required).is_file():
             raise FileNotFoundError(f"{folder}: not an nnU-Net model folder (no {required}); give the folder that "
                                     f"holds plans.json, dataset.json and fold_*/")
+    for name in [*(folds or []), checkpoint_name]:  # they become paths inside the model folder
+        if not name or "/" in str(name) or "\\" in str(name) or ".." in str(name):
+            raise ValueError(f"{name!r}: folds and checkpoint names are plain names (0, 1, all, checkpoint_best.pth)")
     if not folds:
         folds = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint_name).is_file())
         if not folds:
             raise FileNotFoundError(f"{folder}: no fold_*/{checkpoint_name}; train a fold first or pass "
                                     f"--checkpoint-name")
-    plans = json.loads((folder / "plans.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = read_json_file(folder / "plans.json", "plans.json")
+    dataset_json = read_json_file(folder / "dataset.json", "dataset.json")
+    if not isinstance(plans.get("configurations"), dict) or not plans["configurations"]:
+        raise CheckpointError(f"{folder / 'plans.json'}: no 'configurations'; not nnU-Net v2 plans")
+    if not isinstance(dataset_json.get("labels"), dict) or not dataset_json["labels"]:
+        raise CheckpointError(f"{folder / 'dataset.json'}: no 'labels' object; not an nnU-Net v2 dataset.json")
     plans_manager = PlansManager(plans)
     networks, configuration, mirror_axes, trainer_name = [], None, None, None
     for fold in folds:
@@ -109,6 +118,10 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
         if configuration is None:
             configuration, trainer_name = checkpoint.configuration, checkpoint.trainer_name
             mirror_axes = checkpoint.mirroring_axes
+            if configuration not in plans["configurations"] or not trainer_name:
+                raise CheckpointError(f"{checkpoint.path}: trained as configuration {configuration!r} with trainer "
+                                      f"{trainer_name!r}, which {folder / 'plans.json'} does not describe (plans: "
+                                      f"{', '.join(plans['configurations'])})")
         network = _build_from_trainer(trainer_name, plans_manager, configuration, dataset_json)
         try:
             check_tensors(checkpoint.state_dict, network.state_dict(), exact=True)

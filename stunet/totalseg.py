@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -41,8 +43,11 @@ def read_split(source: Path) -> dict[str, str]:
     meta = source / "meta.csv"
     if not meta.is_file():
         return {}
-    with open(meta, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
+    try:
+        with open(meta, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter=";"))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{meta}: not a ';'-separated text file ({e})") from None
     if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
         raise ValueError(f"{meta}: expected ';'-separated columns image_id and split")
     return {row["image_id"].strip(): row["split"].strip() for row in rows}
@@ -79,8 +84,51 @@ def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, labe
     return missing
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+MARKER = ".stunet-totalseg.json"  # what a dataset folder was converted from: a rerun with the same resumes
+
+
+def check_dataset_target(raw: Path, dataset_id: int, name: str, source: Path, order: str, overwrite: bool) -> Path:
+    """The dataset folder ``raw/Dataset<id>_<name>``, or ValueError: a name that is not plain (it becomes a path), an
+    id outside 1-999 or already used by another dataset name, or a folder that another conversion wrote (unless
+    ``overwrite``). A folder converted from the same source with the same label order is resumed."""
+    if not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"--name {name!r}: a dataset name is a plain name (letters, digits, '_', '-', '.'; no '/' "
+                         f"or '..')")
+    if not 1 <= dataset_id <= 999:
+        raise ValueError(f"--dataset-id {dataset_id}: nnU-Net dataset ids are 1-999")
+    folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
+    roots = [Path(raw)] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results") if os.environ.get(v)]
+    others = sorted(str(p) for root in roots if root.is_dir() for p in root.glob(f"Dataset{dataset_id:03d}_*")
+                    if p.name != folder.name)
+    if others:
+        raise ValueError(f"dataset id {dataset_id} already belongs to {', '.join(others)}; nnU-Net finds datasets by "
+                         f"id: choose another --dataset-id")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file; remove it or choose another --name")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        try:
+            marker = json.loads((folder / MARKER).read_text())
+        except (OSError, ValueError):
+            marker = None
+        wanted = {"source": str(Path(source).resolve()), "labels": order}
+        if marker != wanted:
+            made = (f"from {marker.get('source')} with label order {marker.get('labels')}" if isinstance(marker, dict)
+                    else "by something other than stunet-totalseg")
+            raise ValueError(f"{folder} exists, converted {made}; pass --overwrite to write into it anyway, or choose "
+                             f"another --dataset-id/--name")
+    return folder
+
+
+def write_marker(folder: Path, source: Path, order: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({"source": str(Path(source).resolve()), "labels": order}))
+
+
 def plan_conversion(source: Path, folder: Path) -> list[tuple[Path, Path, Path]]:
     """(subject folder, image output, label output) for every subject, by the official split."""
+    if not Path(source).is_dir():
+        raise ValueError(f"{source}: not a folder; give the TotalSegmentator folder (<subject>/ct.nii.gz)")
     split = read_split(source)
     subjects = sorted(p for p in source.iterdir() if p.is_dir() and (p / "ct.nii.gz").is_file())
     if not subjects:

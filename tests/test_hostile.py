@@ -264,3 +264,236 @@ def test_predict_skips_each_broken_image_with_one_line_and_predicts_the_rest(bad
         assert any(str(folder / path.name) in line and expected in line for line in failures), (path, failures)
     assert f"1 predicted, 0 skipped (output exists; --overwrite to redo), {len(bad_images)} failed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- 2. every command: one line naming the file and the fix, non-zero exit, no traceback -------------------------
+def _command(module: str, *args) -> tuple[int, list[str], str]:
+    """Run a command's main in this process as its console script would: (exit status, stderr lines, stderr)."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(f"stunet.cli.{module}").main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if e.code is not None and not isinstance(e.code, int):
+                err.write(f"{e.code}\n")
+    text = err.getvalue()
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("WARNING")]
+    return code, lines, text
+
+
+def _assert_one_line(result, *expected):
+    code, lines, text = result
+    assert code not in (0, None), text
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    for part in expected:
+        assert str(part) in lines[0], (part, lines[0])
+
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory):
+    from predict_helpers import write_cases
+
+    folder = tmp_path_factory.mktemp("one_image")
+    write_cases(folder / "in", 1)
+    return folder / "in"
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from predict_helpers import make_model_folder
+
+    return make_model_folder(tmp_path_factory.mktemp("model") / "model")
+
+
+def test_convert_refuses_every_crafted_checkpoint_in_one_line(hostile, tmp_path):
+    for name, path in hostile.items():
+        _assert_one_line(_command("convert", path, tmp_path / f"{name}.pth"), path)
+        assert not (tmp_path / f"{name}.pth").exists()
+
+
+def test_convert_never_clobbers_outputs_or_sidecars(tmp_path):
+    source = write_v2({"w": torch.zeros(2)}, tmp_path / "checkpoint_final.pth")
+    (tmp_path / "small.json").write_text("{}")  # the sidecar of small.safetensors
+    _assert_one_line(_command("convert", source, tmp_path / "small.safetensors"), "small.json", "--overwrite")
+    assert (tmp_path / "small.json").read_text() == "{}"
+    _assert_one_line(_command("convert", source, source, "--overwrite"), "would overwrite its input")
+    _assert_one_line(_command("convert", source, tmp_path / "x.onnx"), "give a .pth or .safetensors file")
+    (tmp_path / "folder_out").write_text("a file")
+    _assert_one_line(_command("convert", source, tmp_path / "folder_out"), "is an existing file")
+
+
+def test_predict_refuses_crafted_checkpoints_and_malformed_model_folders_in_one_line(hostile, small_model, one_image,
+                                                                                     tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    for name in ("object_field_pth", "reference_bomb_pth", "zip_bomb", "storage_numel", "truncated_zip",
+                 "non_str_key", "os_system"):
+        _assert_one_line(_command("predict", "-i", one_image, "-o", out, "--pretrained", "stunet_small.totalseg104",
+                                  "--checkpoint", hostile[name]), hostile[name])
+
+    def broken(name, change):
+        folder = tmp_path / name
+        shutil.copytree(small_model, folder)
+        change(folder)
+        return folder
+
+    folders = {
+        "missing": (tmp_path / "no_such_model", "not an nnU-Net model folder"),
+        "bad_json": (broken("bad_json", lambda f: (f / "plans.json").write_text("{not json")), "plans.json: not valid"),
+        "deep_json": (broken("deep_json", lambda f: (f / "dataset.json").write_text("[" * 100_000 + "]" * 100_000)),
+                      "dataset.json: not valid JSON"),
+        "labels_list": (broken("labels_list", lambda f: (f / "dataset.json").write_text('{"labels": [1, 2]}')),
+                        "no 'labels' object"),
+        "no_configurations": (broken("no_conf", lambda f: (f / "plans.json").write_text('{"a": 1}')),
+                              "no 'configurations'"),
+        "bomb_checkpoint": (broken("bomb", lambda f: shutil.copy(hostile["reference_bomb_pth"],
+                                                                 f / "fold_0" / "checkpoint_final.pth")),
+                            "reference bomb"),
+    }
+    for name, (folder, expected) in folders.items():
+        _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", folder), expected)
+    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", small_model, "-f", "../../x"),
+                     "plain names")
+
+
+def test_predict_checks_outputs_before_loading_anything(small_model, one_image, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file, "-m", small_model), a_file, "existing file")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file / "sub", "-m", small_model), "cannot write")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", "/proc/stunet-out", "-m", small_model),
+                     "cannot write")
+    source = next(one_image.iterdir())
+    (tmp_path / "seg.nii.gz").mkdir()
+    _assert_one_line(_command("predict", "-i", source, "-o", tmp_path / "seg.nii.gz", "-m", small_model),
+                     "is an existing folder")
+    _assert_one_line(_command("predict", "-i", tmp_path / "nothing", "-o", tmp_path / "o", "-m", small_model),
+                     "does not exist")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", tmp_path / "o", "-m", small_model, "--max-voxels",
+                              "many"), "--max-voxels")
+
+
+def test_predict_refuses_a_folder_of_other_labels_and_colliding_inputs(small_model, one_image, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "labels.json").write_text(json.dumps({"0": "background", "1": "kidney"}))
+    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", small_model), "labels.json lists other "
+                     "labels (1: kidney)", "--overwrite")
+    assert not list(out.glob("*.nii.gz"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = next(one_image.iterdir())
+    shutil.copy(source, folder / "a.nii.gz")
+    shutil.copy(source, folder / "a_0000.nii.gz")
+    shutil.copy(source, folder / "b_0000.nii.gz")
+    from stunet.cases import find_cases
+
+    cases = find_cases(folder, 1)
+    assert [c.name for c in cases if c.problem] == ["a", "a"]
+    assert all("a.nii.gz, a_0000.nii.gz would all write the output a" in c.problem for c in cases if c.problem)
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.ReadImage(str(source)), str(folder / "b_0000.nrrd"))
+    problems = [c.problem for c in find_cases(folder, 1) if c.name == "b"]
+    assert problems and all("b_0000.nii.gz, b_0000.nrrd would all write" in p for p in problems)
+
+
+def test_plans_refuses_bad_dataset_arguments_in_one_line(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    (raw / "Dataset004_Liver").mkdir(parents=True)
+    (raw / "Dataset004_Other").mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    for dataset, expected in (("../../etc", "give a dataset id"), ("abc", "give a dataset id"),
+                              ("4", "belongs to Dataset004_Liver, Dataset004_Other"), ("7", "no dataset '7'"),
+                              ("Dataset004_../x", "give a dataset id")):
+        _assert_one_line(_command("plans", "-d", dataset, "--model", "stunet_small"), expected)
+    _assert_one_line(_command("plans", "-d", "4", "--model", "stunet_small", "--plans-name", "../evil"),
+                     "plain name")
+    monkeypatch.delenv("nnUNet_raw")
+    _assert_one_line(_command("plans", "-d", "4", "--model", "stunet_small"), "set nnUNet_raw")
+
+
+def test_totalseg_refuses_clobbering_and_path_escapes_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    source = tmp_path / "totalseg"
+    (source / "s0001").mkdir(parents=True)
+    (source / "s0001" / "ct.nii.gz").write_bytes(b"")
+    raw = tmp_path / "raw"
+    (raw / "Dataset601_Other").mkdir(parents=True)
+    (raw / "Dataset602_Mine").mkdir()
+    (raw / "Dataset602_Mine" / "dataset.json").write_text("{}")
+    for args, expected in ((["-d", "601"], "already belongs to"), (["-d", "602", "--name", "Mine"], "exists"),
+                           (["-d", "603", "--name", "../../escape"], "plain name"),
+                           (["-d", "603", "--name", ".."], "plain name"), (["-d", "0"], "1-999"),
+                           (["-d", "1000"], "1-999")):
+        _assert_one_line(_command("totalseg", source, "--raw", raw, *args), expected)
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset601_Other", "Dataset602_Mine"]
+    _assert_one_line(_command("totalseg", tmp_path / "missing", "--raw", raw, "-d", "604"), "not a folder")
+    (source / "meta.csv").write_bytes(b"\xff\xfe\x00binary")
+    _assert_one_line(_command("totalseg", source, "--raw", raw, "-d", "605"), "meta.csv")
+
+
+def test_info_and_debug_switch(monkeypatch):
+    _assert_one_line(_command("info", "no_such_model"), "no_such_model")
+    _assert_one_line(_command("info", "stunet_small", "-p", "1", "2", "3", "4"), "--patch-size")
+    _assert_one_line(_command("info", "stunet_small", "--batch-size", "x"), "invalid int value")
+    monkeypatch.setenv("STUNET_DEBUG", "1")
+    with pytest.raises(Exception):  # the raw error, for a bug report
+        from stunet.cli.errors import cli_entry
+
+        cli_entry("x")(lambda argv: 1 / 0)([])
+    monkeypatch.delenv("STUNET_DEBUG")
+    from stunet.cli.errors import cli_entry
+
+    with pytest.raises(SystemExit):
+        cli_entry("x")(lambda argv: 1 / 0)([])
+    with pytest.raises(ZeroDivisionError):
+        cli_entry("x")(lambda argv: 1 / 0)(["--debug"])
+
+
+def test_pretrained_weights_of_a_trainer_fail_in_one_line(hostile):
+    """nnUNetv2_train -pretrained_weights FILE goes through the STU-Net trainers' loader: a crafted file stops the
+    run with one line naming it (SystemExit), before any weight is touched."""
+    import nnunetv2.run.run_training as run_training
+
+    from stunet.finetune import route_pretrained_loading
+    from stunet.nnunet_trainer import STUNetTrainer
+
+    class Trainer:  # what the loader uses of a trainer before the checkpoint is read
+        stunet_options = {"trust_checkpoint": (False, "default")}
+        load_pretrained_weights = STUNetTrainer.load_pretrained_weights
+
+        def __init__(self):
+            self.network = torch.nn.Linear(1, 1)
+
+    trainer = Trainer()
+    route_pretrained_loading(trainer)
+    for name in ("reference_bomb_pth", "object_field_pth", "zip_bomb", "truncated_zip"):
+        with pytest.raises(SystemExit) as stop:
+            run_training.load_pretrained_weights(trainer.network, str(hostile[name]))
+        message = str(stop.value.code)
+        assert message.startswith("nnUNetv2_train: error: -pretrained_weights") and str(hostile[name]) in message
+        assert "\n" not in message
+
+
+def test_console_scripts_print_one_line_without_traceback(hostile, tmp_path):
+    """The installed commands themselves (a fresh process each): stunet-convert and stunet-info."""
+    exe = Path(sys.executable).parent
+    for args in ([exe / "stunet-convert", hostile["object_field_pth"], tmp_path / "o.pth"],
+                 [exe / "stunet-info", "no_such_model"]):
+        done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode != 0 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from stunet.checkpoint import CheckpointError, load_checkpoint
+from stunet.cli.errors import cli_entry
 from stunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
 from stunet.pretrained import list_pretrained
 
@@ -18,6 +19,18 @@ examples:
   stunet-convert checkpoint_final.pth small.safetensors"""
 
 
+def _targets(out: Path) -> list[Path] | None:
+    """What writing OUT creates, the sidecar included; None for an unsupported ending."""
+    if out.suffix == ".pth":
+        return [out]
+    if out.suffix == ".safetensors":
+        return [out, out.with_suffix(".json")]
+    if out.suffix == "":
+        return [out / "plans.json", out / "dataset.json", out / "fold_all" / "checkpoint_final.pth"]
+    return None
+
+
+@cli_entry("stunet-convert")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stunet-convert", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,27 +39,35 @@ def main(argv=None) -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--pretrained", choices=list_pretrained(), help="the released model the checkpoint is "
                         "(default: recognised from its architecture and class count)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (and its sidecar files)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle IN with full trust (only for files from a trusted source)")
     args = parser.parse_args(argv)
     out = args.output
-    if out.exists() and not args.overwrite:
-        parser.exit(2, f"stunet-convert: error: {out} exists; pass --overwrite to replace it\n")
+    targets = _targets(out)
+    if targets is None:
+        parser.exit(2, f"stunet-convert: error: {out}: give a .pth or .safetensors file, or a folder (no suffix)\n")
+    if out.suffix == "" and out.exists() and not out.is_dir():
+        parser.exit(2, f"stunet-convert: error: {out} is an existing file; the model folder needs another name\n")
+    if out.suffix and out.is_dir():
+        parser.exit(2, f"stunet-convert: error: {out} is an existing folder; give a file name\n")
+    sources = {args.input.resolve(), args.input.resolve().with_name(args.input.name + ".pkl")}
+    if any(t.resolve() in sources for t in targets):
+        parser.exit(2, f"stunet-convert: error: {out} would overwrite its input {args.input}\n")
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        parser.exit(2, f"stunet-convert: error: {', '.join(map(str, existing))} exist(s); pass --overwrite to "
+                       f"replace {'it' if len(existing) == 1 else 'them'}\n")
     try:
         checkpoint = load_checkpoint(args.input, trust=args.trust_checkpoint)
         if out.suffix == ".pth":
             write_nnunet_checkpoint(checkpoint, out, args.pretrained)
-            written = [out]
         elif out.suffix == ".safetensors":
-            written = [out, write_safetensors(checkpoint, out, args.pretrained)]
-        elif out.suffix == "":
-            write_model_folder(checkpoint, out, args.pretrained)
-            written = [out / "plans.json", out / "dataset.json", out / "fold_all" / "checkpoint_final.pth"]
+            write_safetensors(checkpoint, out, args.pretrained)
         else:
-            parser.exit(2, f"stunet-convert: error: {out}: give a .pth or .safetensors file, or a folder (no suffix)\n")
+            write_model_folder(checkpoint, out, args.pretrained)
     except (CheckpointError, ValueError) as e:
         parser.exit(1, f"stunet-convert: error: {e}\n")
     print(f"read {args.input} ({checkpoint.format}, {len(checkpoint.state_dict)} tensors)", file=sys.stderr)
-    for path in written:
+    for path in targets:
         print(f"wrote {path}")

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from stunet.cli.errors import cli_entry
 from stunet.complexity import measure
 from stunet.registry import create_model, list_models
 
@@ -20,6 +21,7 @@ def _row(name: str, args) -> list[str]:
             f"{c.training_bytes(args.batch_size) / GIB:.1f}"]
 
 
+@cli_entry("stunet-info")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="stunet-info", description="Parameters, MACs and estimated training memory of STU-Net models. "

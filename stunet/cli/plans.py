@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from stunet.cli.errors import cli_entry
 from stunet.labels import list_label_maps
 from stunet.presets import PRESETS
 from stunet.pretrained import get_pretrained_config, list_pretrained
@@ -32,10 +34,19 @@ def _nnunet(command: list[str]) -> None:
 
 
 def _dataset_folder(root: Path, dataset: str) -> Path:
-    prefix = dataset if dataset.startswith("Dataset") else f"Dataset{int(dataset):03d}_"
-    found = sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()) if root.is_dir() else []
+    """The raw dataset folder of an id or a folder name (plain names only: they become paths); refused where the id
+    belongs to several datasets, which nnU-Net's commands (-d ID) cannot tell apart."""
+    named = re.fullmatch(r"Dataset(\d{3})_[A-Za-z0-9_.-]+", dataset)
+    if not (dataset.isdigit() and 0 < int(dataset) < 1000) and (named is None or ".." in dataset):
+        sys.exit(f"stunet-plans: -d {dataset!r}: give a dataset id (1-999) or a folder name such as Dataset004_Liver")
+    number = int(named[1]) if named else int(dataset)
+    same_id = sorted(p for p in root.glob(f"Dataset{number:03d}_*") if p.is_dir()) if root.is_dir() else []
+    found = [p for p in same_id if p.name == dataset] if named else same_id
     if not found:
         sys.exit(f"stunet-plans: no dataset {dataset!r} in nnUNet_raw ({root}); give its id (e.g. 4) or folder name")
+    if len(same_id) > 1:
+        sys.exit(f"stunet-plans: dataset id {number} belongs to {', '.join(p.name for p in same_id)} in {root}; "
+                 f"nnU-Net's commands find datasets by id: give one of them another id")
     return found[0]
 
 
@@ -69,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry("stunet-plans")
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)

@@ -16,9 +16,11 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.cases import ENDINGS, ENV_MAX_VOXELS, CaseError, VoxelBudget, check_files, check_values, find_cases
+from stunet.cases import (ENDINGS, ENV_MAX_VOXELS, CaseError, VoxelBudget, check_files, check_output_folder,
+                          check_values, find_cases)
 from stunet.checkpoint import CheckpointError
 from stunet.claims import Claims
+from stunet.cli.errors import cli_entry
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import canonical, list_label_maps, load_label_map
 from stunet.parts import choose_part, local_device
@@ -128,6 +130,28 @@ def _finished(target: Path, overwrite: bool, started: float) -> bool:
     return not overwrite or written >= started
 
 
+def _labels_summary(labels: dict) -> str:
+    items = [f"{k}: {v}" for k, v in labels.items() if str(k) != "0"]
+    return ", ".join(items[:4]) + (f", ... ({len(items)} labels)" if len(items) > 4 else "")
+
+
+def _check_labels_file(path: Path, labels: dict, overwrite: bool) -> None:
+    """Refuse to add outputs to a folder whose labels.json says they use other labels (other --labels/--label-map or
+    another model), unless --overwrite, which predicts every case again."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (ValueError, OSError, RecursionError):
+        previous = None
+    if previous != labels:
+        summary = _labels_summary(previous) if isinstance(previous, dict) else "unreadable"
+        raise CaseError(f"{path} lists other labels ({summary}) than this run ({_labels_summary(labels)}); the "
+                        f"segmentations there use another label system: write to another folder, or pass --overwrite "
+                        f"to predict every case again")
+
+
+@cli_entry("stunet-predict")
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -147,6 +171,12 @@ def main(argv=None) -> None:
     out_dir = args.output.parent if file_output else args.output
     if out_dir.resolve() == (args.input.parent if single_file else args.input).resolve():
         parser.error(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
+    try:  # before the model is loaded: an output that cannot be written fails now, in one line
+        if file_output and args.output.is_dir():
+            raise CaseError(f"{args.output}: the output file is an existing folder")
+        check_output_folder(out_dir)
+    except CaseError as e:
+        parser.exit(1, f"stunet-predict: error: {e}\n")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,8 +201,12 @@ def main(argv=None) -> None:
     cases = part.select(cases) if part is not None else cases
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_folder(out_dir)
-    atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(
-        json.dumps({str(i): n for i, n in sorted(names.items())}, indent=2)), partial)
+    labels = {str(i): n for i, n in sorted(names.items())}
+    try:
+        _check_labels_file(out_dir / "labels.json", labels, args.overwrite)
+    except CaseError as e:
+        parser.exit(1, f"stunet-predict: error: {e}\n")
+    atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(json.dumps(labels, indent=2)), partial)
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
     print(f"stunet-predict: {len(cases)} case(s) from {args.input}, model {model.description}, device {device}"

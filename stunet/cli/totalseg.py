@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stunet.totalseg import OVERLAP_RULE, convert_subject, label_order, plan_conversion, write_dataset_files
+from stunet.cli.errors import cli_entry
+from stunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion,
+                             write_dataset_files, write_marker)
 
 
 def _convert(job):
@@ -21,6 +23,7 @@ def _convert(job):
         return subject.name, [], f"{subject}: {type(e).__name__}: {e}"
 
 
+@cli_entry("stunet-totalseg")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stunet-totalseg", description=__doc__.split(": ", 1)[1] + ". " +
                                      OVERLAP_RULE.capitalize() + "; structures without a mask become background.")
@@ -32,16 +35,19 @@ def main(argv=None) -> None:
     parser.add_argument("--raw", type=Path, default=os.environ.get("nnUNet_raw"),
                         help="nnU-Net raw folder (default: $nnUNet_raw)")
     parser.add_argument("-np", "--num-processes", type=int, default=2)
-    parser.add_argument("--overwrite", action="store_true", help="convert subjects already converted again")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="convert subjects already converted again, and write into a dataset folder that another "
+                             "conversion (other source or label order) made")
     args = parser.parse_args(argv)
     if args.raw is None:
         parser.error("set nnUNet_raw or pass --raw")
     labels = label_order(args.labels)
-    folder = args.raw / f"Dataset{args.dataset_id:03d}_{args.name}"
     try:
+        folder = check_dataset_target(args.raw, args.dataset_id, args.name, args.source, args.labels, args.overwrite)
         jobs = plan_conversion(args.source, folder)
     except ValueError as e:
         parser.exit(2, f"stunet-totalseg: error: {e}\n")
+    write_marker(folder, args.source, args.labels)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     todo = [(s, i, l, labels) for s, i, l in jobs if args.overwrite or not (i.is_file() and l.is_file())]

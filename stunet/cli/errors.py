@@ -1,0 +1,68 @@
+"""One line per failure for every command: ``prog: error: <what, naming the file and the fix>``, exit status 1 (2 for
+wrong arguments), and no Python traceback unless ``--debug`` is on the command line or ``STUNET_DEBUG=1`` is set."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+
+from stunet.cases import CaseError
+from stunet.checkpoint import CheckpointError
+
+ENV_DEBUG = "STUNET_DEBUG"
+EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError, OSError, MemoryError)
+
+
+def debugging(argv: list[str] | None = None) -> bool:
+    return "--debug" in (argv or []) or os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` on one line: its lines joined with '; ', at most ``limit`` characters."""
+    joined = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _one_line_usage(prog: str):
+    """argparse's usage errors as one line (its own print the whole usage first)."""
+    original = argparse.ArgumentParser.error
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    argparse.ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+def cli_entry(prog: str):
+    """Decorate a command's ``main(argv=None)``: strips ``--debug``; without it (and without STUNET_DEBUG), every
+    exception becomes one line on stderr and exit status 1. KeyboardInterrupt and SystemExit pass unchanged."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            args = list(sys.argv[1:] if argv is None else argv)
+            debug = debugging(args)
+            args = [a for a in args if a != "--debug"]
+            if debug:
+                return main(args)
+            with _one_line_usage(prog):
+                try:
+                    return main(args)
+                except EXPECTED as e:
+                    detail = str(e) if isinstance(e, (CheckpointError, CaseError, ValueError)) else \
+                        f"{type(e).__name__}: {e}"
+                    message = one_line(detail) or type(e).__name__
+                except Exception as e:  # a bug or an unforeseen failure: still one line, with the way to see more
+                    message = (f"{type(e).__name__}: {one_line(str(e), 500)} (unexpected; rerun with --debug or "
+                               f"{ENV_DEBUG}=1 for the traceback)")
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            sys.exit(1)
+        return run
+    return wrap
