@@ -6,7 +6,9 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import json
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -167,6 +169,17 @@ def corpus(folder: Path) -> dict[str, Path]:
         "plain_pickle": folder / "plain.model",
     }
     files["not_a_pickle"].write_text("hello")
+    for name, header, data in (
+            ("safetensors_shape", {"w": {"dtype": "F32", "shape": [10 ** 9], "data_offsets": [0, 4]}}, b"\0" * 4),
+            ("safetensors_offsets", {"w": {"dtype": "F32", "shape": [10 ** 9], "data_offsets": [0, 4 * 10 ** 9]}},
+             b"\0" * 4),
+            ("safetensors_header", None, b"{}"),
+            ("safetensors_labels", {"__metadata__": {"labels": "[" * 100_000}, "w": {
+                "dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)):
+        encoded = json.dumps(header).encode() if header is not None else b""
+        length = len(encoded) if header is not None else 1 << 62
+        files[name] = folder / f"{name}.safetensors"
+        files[name].write_bytes(struct.pack("<Q", length) + encoded + data)
     files["plain_pickle"].write_bytes(pickle.dumps({"state_dict": {}}, protocol=2))
     good_archive = torch_zip(folder / "good.pth", {"state_dict": weights()}, good)
     data = good_archive.read_bytes()

@@ -53,7 +53,9 @@ def test_every_crafted_checkpoint_is_one_line_naming_the_file_quickly(hostile):
     ("trainer_not_text", "trainer_name is list"), ("deep_nesting", "nested more than"),
     ("os_system", "builtin__.print"), ("not_a_pickle", "not a PyTorch checkpoint"),
     ("plain_pickle", "a pickle file, not a PyTorch checkpoint"), ("truncated_zip", "damaged or truncated zip"),
-    ("truncated_legacy", "but only")])
+    ("truncated_legacy", "but only"), ("safetensors_shape", "not a readable safetensors"),
+    ("safetensors_offsets", "not a readable safetensors"), ("safetensors_header", "header too large"),
+    ("safetensors_labels", "'labels' is not a JSON object")])
 def test_each_class_is_refused_for_its_reason(hostile, name, expected):
     with pytest.raises(CheckpointError, match=r".*" + __import__("re").escape(expected)):
         load_checkpoint(hostile[name])
@@ -444,6 +446,10 @@ def test_totalseg_refuses_clobbering_and_path_escapes_in_one_line(tmp_path, monk
     _assert_one_line(_command("totalseg", tmp_path / "missing", "--raw", raw, "-d", "604"), "not a folder")
     (source / "meta.csv").write_bytes(b"\xff\xfe\x00binary")
     _assert_one_line(_command("totalseg", source, "--raw", raw, "-d", "605"), "meta.csv")
+
+
+def test_download_refuses_unknown_names_in_one_line():
+    _assert_one_line(_command("download", "stunet_nothing.x"), "no released model called stunet_nothing.x")
 
 
 def test_info_and_debug_switch(monkeypatch):

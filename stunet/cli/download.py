@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from stunet.cli.errors import cli_entry
 from stunet.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
@@ -58,6 +59,7 @@ def _copy_hint(cache: Path, folders: list[Path]) -> str:
             f"  export STUNET_HOME=~/stunet-weights HF_HUB_OFFLINE=1")
 
 
+@cli_entry("stunet-download")
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
