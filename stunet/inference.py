@@ -47,6 +47,7 @@ class Model:
     dataset_json: dict
     mirror_axes: tuple[int, ...] | None = None
     description: str = ""
+    checkpoints: list = field(default_factory=list)  # the files the weights came from (provenance.json)
     plans_manager: PlansManager = field(init=False)
 
     def __post_init__(self):
@@ -131,7 +132,8 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
         network.load_state_dict(checkpoint.state_dict)
         networks.append(network)
     return Model(networks, plans, configuration, dataset_json, mirror_axes,
-                 f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})")
+                 f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})",
+                 [folder / f"fold_{fold}" / checkpoint_name for fold in folds])
 
 
 def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool = False) -> Model:
@@ -152,7 +154,7 @@ def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool
                               f"{config.companion_file} beside {checkpoint} (its nnU-Net v1 plans); put it there")
     plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=config.in_channels)
     return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
-                 f"{config.name} from {checkpoint}")
+                 f"{config.name} from {checkpoint}", [checkpoint])
 
 
 class Predictor:

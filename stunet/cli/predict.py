@@ -1,4 +1,4 @@
-"""``stunet-predict``: segment a folder (or one file) of NIfTI images with an STU-Net.
+"""``stunet-predict``: segment a folder (or one file) of NIfTI images or DICOM series with an STU-Net.
 
 The model is a trained nnU-Net v2 model folder (-m) or a released model (--pretrained NAME: its weights are downloaded
 on first use and cached, or read from --checkpoint FILE; no nnU-Net folders or environment variables needed). Every output has its input's exact geometry.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,18 +17,22 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.cases import (ENDINGS, ENV_MAX_VOXELS, CaseError, VoxelBudget, check_files, check_output_folder,
-                          check_values, find_cases)
+from stunet.cases import (ENDINGS, ENV_MAX_VOXELS, Case, CaseError, VoxelBudget, check_files,
+                          check_output_folder, check_values, find_cases)
 from stunet.checkpoint import CheckpointError
 from stunet.claims import Claims
 from stunet.cli.errors import cli_entry
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import canonical, list_label_maps, load_label_map
+from stunet.outputs import describe_nifti, provenance, write_extras, write_seg_for_series
 from stunet.parts import choose_part, local_device
 from stunet.pretrained import list_pretrained
 
 EPILOG = """input naming: nnU-Net's, case_0000.nii.gz (+ case_0001.nii.gz ... for multi-channel models), or for
-single-channel models plain files (case.nii.gz). Outputs: OUT/case.nii.gz, OUT/labels.json (label index -> name).
+single-channel models plain files (case.nii.gz); or DICOM: a folder holding one series, a folder of series folders,
+or a .zip. Outputs: OUT/case.nii.gz (label names in its header), OUT/labels.json (label index -> name),
+OUT/provenance.json; with --statistics OUT/case.statistics.json and OUT/statistics.csv, with --preview OUT/case.png,
+with --output-type dicom_seg/both OUT/case.seg.dcm.
 
 examples:
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104       # weights downloaded on first use
@@ -35,6 +40,7 @@ examples:
   stunet-predict -i mri/ -o segs/ --pretrained stunet_base.brats21    # 4 files per case: case_0000 ... case_0003
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model --label-map amos22
   stunet-predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Liver/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -f 0 1
+  stunet-predict -i dicom_series/ -o segs/ --pretrained stunet_base.totalseg104 --output-type both --statistics
   stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines
   torchrun --nproc_per_node=4 $(which stunet-predict) -i cts/ -o segs/ -m MODEL   # parts and GPUs from torchrun
   (sbatch --array=0-9) stunet-predict -i cts/ -o segs/ -m MODEL    # part from SLURM; see docs/scaling.md"""
@@ -43,7 +49,8 @@ examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stunet-predict", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--input", type=Path, required=True, help="input folder, or one image file")
+    p.add_argument("-i", "--input", type=Path, required=True,
+                   help="input folder, one image file, a DICOM series folder, a folder of series folders or a .zip")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (or file, for one input file)")
     model = p.add_argument_group("model (one of)")
     model.add_argument("-m", "--model-folder", type=Path, help="nnU-Net v2 trained model folder (plans.json, fold_*)")
@@ -72,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--labels", help="keep only these labels (comma-separated names or numbers); others become 0")
     out.add_argument("--save-probabilities", action="store_true",
                      help="also write case.npz with float16 probabilities of the output labels")
+    out.add_argument("--output-type", choices=["nifti", "dicom_seg", "both"], default="nifti",
+                     help="case.nii.gz (default), a DICOM-SEG case.seg.dcm referencing the series (DICOM input only), "
+                          "or both")
+    out.add_argument("--series-uid", metavar="UID", help="the series to segment in a DICOM folder holding several")
+    out.add_argument("--statistics", action="store_true",
+                     help="per-label volume and intensity statistics: case.statistics.json and statistics.csv")
+    out.add_argument("--preview", action="store_true", help="a PNG of three slices with the labels: case.png")
     out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
     out.add_argument("--num-parts", type=int, help="split the cases into this many parts ... (default: from "
                                                    "torchrun or SLURM, else 1)")
@@ -151,6 +165,74 @@ def _check_labels_file(path: Path, labels: dict, overwrite: bool) -> None:
                         f"to predict every case again")
 
 
+def _dicom_cases(source: Path) -> list[Case]:
+    """DICOM cases (name, [series folder or zip]) when ``source`` is a .zip, or a folder without image files holding a
+    series or series folders/zips; else []."""
+    from stunet.dicom import find_dicom_cases
+    if source.is_file():
+        found = find_dicom_cases(source) if source.suffix.lower() == ".zip" else []
+    elif any(p.is_file() and p.name.endswith(ENDINGS) for p in source.iterdir()):
+        found = []
+    else:
+        found = find_dicom_cases(source)
+    cases = [Case(name, [path], ".nii.gz") for name, path in found]
+    for case in cases:
+        same = [c.files[0].name for c in cases if c.name == case.name]
+        if len(same) > 1:
+            case.problem = (f"{case.files[0]}: {', '.join(same)} would all write the output {case.name} (same case "
+                            f"name); rename all but one, nothing of {case.name} is predicted")
+    return cases
+
+
+def _read_image_case(segmenter, case: Case, budget: VoxelBudget):
+    check_files(case, 3, budget)
+    try:
+        return segmenter.predictor.read(case.files)
+    except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
+        for path in case.files:
+            try:
+                segmenter.predictor.read([path])
+            except Exception as single:
+                raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
+                                ) from None
+        raise CaseError(f"{case.files[0]}: cannot read the case ({e})") from None
+
+
+def _read_dicom_case(segmenter, case: Case, folder: Path, series_uid: str | None, budget: VoxelBudget):
+    """(reader output, properties, the DicomSeries) of a series folder (a zip's already extracted into ``folder``)."""
+    import warnings as _warnings
+    from stunet.dicom import read_dicom
+    with _warnings.catch_warnings(record=True) as notes:
+        _warnings.simplefilter("always")
+        try:
+            series = read_dicom(folder, series_uid, case.name)
+        except CaseError:
+            raise
+        except Exception as e:  # GDCM's bare errors: name the input
+            raise CaseError(f"{case.files[0]}: cannot read the DICOM series ({str(e).strip()[:200]})") from None
+    for note in notes:
+        tqdm.write(f"stunet-predict: warning: {note.message}", file=sys.stderr)
+    budget.check(case.files[0], series.image.GetSize(), series.image.GetSpacing())
+    image, properties = segmenter._reader_output([series.image])
+    return image, properties, series
+
+
+def _statistics_csv(out_dir: Path, names: list[str]) -> str | None:
+    """statistics.csv of every case of the run whose statistics JSON is in ``out_dir`` (predicted now or before, by
+    this process or another part)."""
+    from stunet.statistics import csv_rows, csv_text
+    rows = []
+    for name in names:
+        path = out_dir / f"{name}.statistics.json"
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows += csv_rows(name, {k: {f: (float("nan") if v is None else v) for f, v in e.items()}
+                                for k, e in stats.items()})
+    return csv_text(rows) if rows else None
+
+
 @cli_entry("stunet-predict")
 def main(argv=None) -> None:
     parser = _parser()
@@ -171,6 +253,18 @@ def main(argv=None) -> None:
     out_dir = args.output.parent if file_output else args.output
     if out_dir.resolve() == (args.input.parent if single_file else args.input).resolve():
         parser.error(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
+    dicom_cases = _dicom_cases(args.input)
+    if args.output_type != "nifti" and not dicom_cases:
+        parser.error(f"--output-type {args.output_type} needs DICOM input (a series folder, a folder of series "
+                     f"folders or a .zip); {args.input} holds none")
+    if args.series_uid and not dicom_cases:
+        parser.error(f"--series-uid goes with DICOM input; {args.input} holds no DICOM series")
+    if args.output_type != "nifti":
+        from stunet.dicom_seg import require
+        try:
+            require()
+        except ImportError as e:
+            parser.exit(1, f"stunet-predict: error: {e}\n")
     try:  # before the model is loaded: an output that cannot be written fails now, in one line
         if file_output and args.output.is_dir():
             raise CaseError(f"{args.output}: the output file is an existing folder")
@@ -183,19 +277,21 @@ def main(argv=None) -> None:
     device = local_device(device)  # one GPU per local rank under torchrun or srun
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
+    from stunet.segmenter import Segmenter
     try:
         model = _load_model(args, parser)
-        names, lookup, members = output_labels(model.label_names, args.label_map, args.labels)
+        segmenter = Segmenter(model=model, device=device, step_size=args.step_size, mirroring=not args.disable_tta,
+                              precision=args.precision, labels=args.labels, label_map=args.label_map)
+        names = segmenter.label_names
         budget = VoxelBudget.for_model(model, args.max_voxels)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
 
-    from stunet.inference import Predictor
-    predictor = Predictor(model, device, args.step_size, not args.disable_tta, args.precision)
-    cases = find_cases(args.input, model.num_input_channels)
+    cases = dicom_cases or find_cases(args.input, model.num_input_channels)
     if not cases:
-        parser.exit(1, f"stunet-predict: error: no images in {args.input} (expected {', '.join(('.nii.gz', '.nii'))}"
-                       f" files)\n")
+        parser.exit(1, f"stunet-predict: error: no images in {args.input} (expected {', '.join(ENDINGS)} files, or "
+                       f"DICOM series)\n")
+    all_names = [c.name for c in cases]
     if part is not None and not part.select(cases):
         parser.exit(0, f"stunet-predict: {part.describe()}: no cases in this part ({len(cases)} in all)\n")
     cases = part.select(cases) if part is not None else cases
@@ -209,13 +305,17 @@ def main(argv=None) -> None:
     atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(json.dumps(labels, indent=2)), partial)
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
-    print(f"stunet-predict: {len(cases)} case(s) from {args.input}, model {model.description}, device {device}"
+    print(f"stunet-predict: {len(cases)} case(s) from {args.input}" + (" (DICOM)" if dicom_cases else "")
+          + f", model {model.description}, device {device}"
           + (f", {part.describe()}" if part is not None else ""), file=sys.stderr)
+    nifti, seg_out = args.output_type in ("nifti", "both"), args.output_type in ("dicom_seg", "both")
     claims, busy = Claims(partial.parent), []  # one process per output at a time (stunet/claims.py)
     done, skipped, failed = 0, 0, []
     bar = tqdm(cases, unit="case", desc="cases")
     for case in bar:
-        target = args.output if file_output else out_dir / f"{case.name}{case.ending}"
+        seg_target = out_dir / f"{case.name}.seg.dcm"
+        # the file written last: its existence means the case is complete
+        target = (args.output if file_output else out_dir / f"{case.name}{case.ending}") if nifti else seg_target
         if target.resolve() in inputs:
             failed.append(f"{case.name}: output {target} would overwrite an input")
             continue
@@ -232,31 +332,46 @@ def main(argv=None) -> None:
         try:
             if case.problem:
                 raise CaseError(case.problem)
-            check_files(case, 3, budget)
-            try:
-                image, properties = predictor.read(case.files)
-            except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
-                for path in case.files:
-                    try:
-                        predictor.read([path])
-                    except Exception as single:
-                        raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
-                                        ) from None
-                raise CaseError(f"{case.files[0]}: cannot read the case ({e})") from None
-            data, properties = predictor.preprocess(check_values(case, image), properties)
-            tiles = tqdm(unit="tile", leave=False, desc=case.name)
-            features = predictor.blended_features(data, progress=tiles.update, on_start=lambda n: tiles.reset(n))
-            tiles.close()
-            seg, probs = predictor.segment(features, properties, lookup,
-                                           members if args.save_probabilities else None)
-            del features
-            if not claims.holds():  # taken over as stale by another process, which writes this case
-                busy.append(case.name)
-                continue
-            if probs is not None:
-                atomic_write(target.with_name(f"{case.name}.npz"), lambda tmp: np.savez_compressed(
-                    tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])), partial)
-            atomic_write(target, lambda tmp: writer.write_seg(seg, str(tmp), properties), partial)
+            with tempfile.TemporaryDirectory(prefix="stunet-dicom-") as unzipped:
+                series = None
+                if dicom_cases:
+                    source = case.files[0]
+                    if source.is_file():  # a zip: extracted while the case is processed (the SEG references it)
+                        import zipfile
+                        from stunet.dicom import extract_zip
+                        try:
+                            source = extract_zip(source, Path(unzipped))
+                        except zipfile.BadZipFile as e:
+                            raise CaseError(f"{case.files[0]}: not a readable zip ({e})") from None
+                    image, properties, series = _read_dicom_case(segmenter, case, source, args.series_uid, budget)
+                else:
+                    image, properties = _read_image_case(segmenter, case, budget)
+                image = check_values(case, image)
+                first = image[0].copy() if args.statistics or args.preview else None  # as read (preprocessing may
+                tiles = tqdm(unit="tile", leave=False, desc=case.name)                  # normalise it in place)
+                try:
+                    seg, probs = segmenter.segment_array(image, properties, args.save_probabilities,
+                                                         progress=tiles.update, on_start=lambda n: tiles.reset(n))
+                finally:
+                    tiles.close()
+                del image
+                if not claims.holds():  # taken over as stale by another process, which writes this case
+                    busy.append(case.name)
+                    continue
+                if first is not None:
+                    write_extras(out_dir, case.name, seg, first, properties["spacing"], names, partial,
+                                 args.statistics, args.preview)
+                if probs is not None:
+                    atomic_write(out_dir / f"{case.name}.npz", lambda tmp: np.savez_compressed(
+                        tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])), partial)
+                if seg_out:
+                    write_seg_for_series(seg_target, segmenter.to_sitk(seg, properties), series, names, partial)
+                if nifti:
+                    def write(tmp: Path) -> None:
+                        writer.write_seg(seg, str(tmp), properties)
+                        if tmp.name.endswith((".nii.gz", ".nii")):
+                            describe_nifti(tmp, names)
+                    atomic_write(target, write, partial)
             done += 1
         except CaseError as e:
             failed.append(str(e))
@@ -267,6 +382,14 @@ def main(argv=None) -> None:
         except BaseException:  # interrupted: its claim goes with it
             claims.close()
             raise
+    if args.statistics:
+        table = _statistics_csv(out_dir, all_names)
+        if table is not None:
+            atomic_write(out_dir / "statistics.csv", lambda tmp: tmp.write_text(table), partial)
+    options = {k: v for k, v in vars(args).items()}
+    options["device"] = str(device)
+    record = provenance(model, model.checkpoints, options)
+    atomic_write(out_dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)), partial)
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
               f"{len(failed)} failed" + (f", {len(busy)} left to other processes predicting them" if busy else "") \
               + f"; outputs in {out_dir}"
