@@ -125,3 +125,29 @@ def test_num_gpus_is_refused_under_a_launcher(tmp_path):
     done = subprocess.run([sys.executable, "-m", "stunet.cli.train", "990", "3d_fullres", "0", "-num_gpus", "2"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "leave -num_gpus out" in done.stderr
+
+
+def test_nnunets_one_machine_assumptions_are_lifted_in_scope(monkeypatch):
+    """In a one-process gloo group: nnU-Net's DDP call with device_ids=[global rank] builds a DDP of a CPU module,
+    and nnU-Net's stock pretrained loader maps onto this process's device; both only inside stunet-train's scope."""
+    import nnunetv2.run.load_pretrained_weights as stock_loader
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from stunet.cli.train import ddp_on_own_device, stock_loader_on
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        with ddp_on_own_device():
+            wrapped = trainer_module.DDP(torch.nn.Linear(2, 2), device_ids=[3])
+        assert type(wrapped) is DistributedDataParallel
+        assert trainer_module.DDP is DistributedDataParallel
+    finally:
+        dist.destroy_process_group()
+    with stock_loader_on(torch.device("cpu")):
+        assert not stock_loader.dist.is_initialized()  # torch.load as in one process
+    with stock_loader_on(torch.device("cuda", 2)):
+        assert stock_loader.dist.is_initialized() and stock_loader.dist.get_rank() == 2  # cuda:<LOCAL_RANK>
+    assert stock_loader.dist is dist
