@@ -142,7 +142,8 @@ def _predicted(*logs):
 
 
 def _check_outputs(out, names):
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.nii.gz" for n in names] + ["labels.json"])
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{n}.nii.gz" for n in names)
+    assert not (out / ".stunet-partial").exists()  # no unfinished file, no claim left behind
     for name in names:
         assert labels_of(out / f"{name}.nii.gz").shape == (14, 40, 36)  # whole, readable files
 
