@@ -79,7 +79,7 @@ class STUNetTrainer(nnUNetTrainer):
         for name, value in self.merged_settings().items():
             setattr(self, name, value)
         self.stunet_options = self._options()
-        if self.stunet_options["precision"] == "bf16" and self.device.type == "cuda":
+        if self.stunet_options["precision"][0] == "bf16" and self.device.type == "cuda":
             self.grad_scaler = None  # bfloat16 has float32's range: no loss scaling
         self.pretrained_report = None
 
