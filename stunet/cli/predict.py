@@ -206,7 +206,9 @@ def _read_dicom_case(segmenter, case: Case, folder: Path, series_uid: str | None
         _warnings.simplefilter("always")
         try:
             series = read_dicom(folder, series_uid, case.name)
-        except CaseError:
+        except CaseError as e:
+            if "series mixed in one folder" in str(e):  # the command's way to choose one
+                raise CaseError(f"{e} with --series-uid UID") from None
             raise
         except Exception as e:  # GDCM's bare errors: name the input
             raise CaseError(f"{case.files[0]}: cannot read the DICOM series ({str(e).strip()[:200]})") from None
