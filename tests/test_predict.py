@@ -108,7 +108,8 @@ def test_single_file_in_and_out(model, predicted, tmp_path):
 
 def test_metaimage_output_keeps_its_data_file(model, predicted, tmp_path):
     """A .mhd case gives a .mhd output whose header names its data file by the final name, with the input's geometry
-    and the .nii.gz run's labels; nothing else is left in the output folder (but the run's provenance.json). Also for one file in and out."""
+    and the .nii.gz run's labels; nothing else is left in the output folder but the run's provenance.json. Also for
+    one file in and out."""
     root, names = predicted
     (tmp_path / "in").mkdir()
     source = tmp_path / "in" / f"{names[1]}_0000.mhd"
