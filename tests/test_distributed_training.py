@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from nnunetv2.run.run_training import find_free_network_port
 
@@ -88,6 +89,7 @@ def test_two_ranks_train_once_resume_and_predict(planned_dataset, tmp_path):
     assert "stunet-train: rank" not in log and "Mean Validation Dice" in log
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_host(planned_dataset):
     """Two torchrun invocations, node ranks 0 and 1 of --nnodes=2, one process each, same rendezvous: global ranks
     0 and 1 are both local rank 0 of their node."""

@@ -99,10 +99,10 @@ def test_pretraining_recipe_gives_the_released_layout(totalseg_layout, tmp_path)
     run(["stunet-plans", "-d", "603", "--pretrained", "stunet_small.totalseg104", "--patch-size", "32", "64", "64",
          "--preprocess", "-np", "1"], env)
     log = run(["nnUNetv2_train", "603", "3d_fullres", "all", "-tr", "STUNetTrainer_small_mirroronly_smoke", "-p",
-               "STUNetPlans_totalseg104", "-device", "cpu"], env)
+               "STUNetPlans_small_totalseg104", "-device", "cpu"], env)
     assert "Using trainer 'STUNetTrainer_small_mirroronly_smoke'" in log
     checkpoint = (tmp_path / "results" / "Dataset603_TotalSegmentator" /
-                  "STUNetTrainer_small_mirroronly_smoke__STUNetPlans_totalseg104__3d_fullres" / "fold_all" /
+                  "STUNetTrainer_small_mirroronly_smoke__STUNetPlans_small_totalseg104__3d_fullres" / "fold_all" /
                   "checkpoint_final.pth")
     model = stunet.create_model("stunet_small", pretrained=checkpoint)
     assert model.transfer_report.reinitialised == [] and len(model.transfer_report.transferred) == 130
