@@ -12,7 +12,6 @@ def write_series(folder: Path, volume: np.ndarray, origin=(0., 0., 0.), row_dir=
     """``volume`` (slices, rows, columns) of stored values (pixel = stored * slope + intercept). Slice k sits at
     origin + k * slice_step (default: the normal times 2.5 mm) unless ``positions`` are given; ``file_order`` permutes
     the file names (slice k is written as file_order[k])."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

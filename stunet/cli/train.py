@@ -130,7 +130,6 @@ def _device(args, launch: Launch):
 
 def train_distributed(args, launch: Launch) -> None:
     """nnU-Net's ``run_ddp``, in a process that torchrun started."""
-    import torch
     import torch.distributed as dist
     from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
