@@ -30,7 +30,8 @@ from stunet.pretrained import list_pretrained
 
 EPILOG = """input naming: nnU-Net's, case_0000.nii.gz (+ case_0001.nii.gz ... for multi-channel models), or for
 single-channel models plain files (case.nii.gz); or DICOM: a folder holding one series, a folder of series folders,
-or a .zip. Outputs: OUT/case.nii.gz (label names in its header), OUT/labels.json (label index -> name),
+or a .zip. Outputs: OUT/case with the input's ending (.nii.gz for DICOM; label names in NIfTI headers),
+OUT/labels.json (label index -> name),
 OUT/provenance.json; with --statistics OUT/case.statistics.json and OUT/statistics.csv, with --preview OUT/case.png,
 with --output-type dicom_seg/both OUT/case.seg.dcm.
 
