@@ -36,6 +36,18 @@ def reuse_freed_memory() -> bool:
     return _mallopt(_REUSE)
 
 
+def release_freed_memory() -> bool:
+    """Give the pages of freed heap memory back to the kernel now (glibc's ``malloc_trim``), keeping the heap's
+    layout: between the phases of a prediction, so that memory one phase freed is not counted resident during the
+    next, whose own allocations fault their pages in once. False where that is not glibc on Linux."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def freed_memory_reused():
     """:func:`reuse_freed_memory` for the duration of a block, then glibc's defaults again (for code that runs inside

@@ -17,20 +17,24 @@ normalisation), tile positions, the Gaussian, padding, mirroring axes, the label
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from stunet.checkpoint import CheckpointError, load_checkpoint, read_json_file
+from stunet.cpu_memory import release_freed_memory
 from stunet.network import STUNet
+from stunet.export import fine_labels
+from stunet.preprocessing import preprocess
 from stunet.resample import axis_orders, resample_chunks
 from stunet.transfer import IncompatibleWeightsError, check_tensors
 
@@ -170,6 +174,7 @@ class Predictor:
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.autocast_dtype = PRECISIONS[precision]
         self.chunk_slices = chunk_slices
+        self.network_seconds = 0.0  # the forward passes of the last image (feature_slabs)
         for network in model.networks:
             network.to(self.device)
 
@@ -179,11 +184,9 @@ class Predictor:
         return reader.read_images([str(f) for f in files])
 
     def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
-        cm = self.model.configuration_manager
-        preprocessor = cm.preprocessor_class(verbose=False)
-        data, _, properties = preprocessor.run_case_npy(image, None, properties, self.model.plans_manager, cm,
-                                                        self.model.dataset_json)
-        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties
+        """nnU-Net's preprocessing (:mod:`stunet.preprocessing`); ``image`` is normalised in place."""
+        return preprocess(image, properties, self.model.plans_manager, self.model.configuration_manager,
+                          self.model.dataset_json, self.device)
 
     # -- sliding window over features ---------------------------------------------------------------------------
     def _features(self, network: STUNet, tile: torch.Tensor) -> torch.Tensor:
@@ -203,7 +206,20 @@ class Predictor:
     @torch.inference_mode()
     def blended_features(self, data: torch.Tensor, progress: Callable[[int], None] | None = None,
                          on_start: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-        """Gaussian-blended last-stage features of each network over the whole (preprocessed) image."""
+        """Gaussian-blended last-stage features of each network over the whole (preprocessed) image, (channels,
+        *spatial) each."""
+        (_, features), = self.feature_slabs(data, progress, on_start, window=False)
+        return [f.movedim(-1, 0) for f in features]
+
+    @torch.inference_mode()
+    def feature_slabs(self, data: torch.Tensor, progress: Callable[[int], None] | None = None,
+                      on_start: Callable[[int], None] | None = None,
+                      window: bool = True) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """Yield ``(first row, [channels-last (rows, *spatial[1:], channels) features of each network])``: the
+        Gaussian-blended last-stage features, rows along the first axis in order as they are finished. Tiles run
+        first-axis-major, so with ``window`` the canvas holds only the rows one tile spans (a slab is a view, valid
+        until the next is asked for); without it, one item: the whole image. ``network_seconds`` is the time the
+        networks' forward passes took."""
         patch = list(self.model.configuration_manager.patch_size)
         padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
         spatial = padded.shape[1:]
@@ -213,33 +229,92 @@ class Predictor:
                  for z in (range(spatial[0]) if two_d else [None]) for starts in itertools.product(*steps)]
         if on_start:
             on_start(len(tiles))
+        rows = range(spatial[0])[revert[1]]  # the image's rows in the padded grid
         gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
                                     device=self.device)
-        result_device = self.device
+        depth = (1 if two_d else patch[0]) if window else spatial[0]
         widths = [n.config.widths[0] for n in self.model.networks]
-        try:
-            canvases = [torch.zeros((w, *spatial), dtype=torch.float32, device=result_device) for w in widths]
-            weights = torch.zeros(spatial, dtype=torch.float32, device=result_device)
+        try:  # channels last: the export reads all channels of one voxel together
+            canvases = [torch.zeros((depth, *spatial[1:], w), dtype=torch.float32, device=self.device)
+                        for w in widths]
+            weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=self.device)
         except torch.cuda.OutOfMemoryError:
-            result_device = torch.device("cpu")
-            canvases = [torch.zeros((w, *spatial), dtype=torch.float32) for w in widths]
-            weights = torch.zeros(spatial, dtype=torch.float32)
+            canvases = [torch.zeros((depth, *spatial[1:], w), dtype=torch.float32) for w in widths]
+            weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32)
             gaussian = gaussian.cpu()
+        if two_d:
+            gaussian = gaussian[None]
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
+        base = 0  # the padded grid's row held in the canvases' row 0
+
+        def finished(upto: int):
+            """The rows [base, upto) as the image's rows (cropped like the image), divided by their weights."""
+            count = upto - base
+            for canvas in canvases:
+                canvas[:count].div_(weights[:count].unsqueeze(-1))
+            low, high = max(rows.start, base), min(rows.stop, upto)
+            if high > low:
+                return low - rows.start, [c[(slice(low - base, high - base), *revert[2:])] for c in canvases]
+            return None
+
+        self.network_seconds = 0.0
         for tile in tiles:
+            start = tile[0] if two_d else tile[0].start
+            if window and start > base:  # no later tile reaches the rows before ``start``
+                done = finished(start)
+                if done:
+                    yield done
+                shift, live = start - base, depth - (start - base)
+                for i in range(0, live, shift):  # move the live rows to the front, in non-overlapping steps
+                    n = min(shift, live - i)
+                    for t in (*canvases, weights):
+                        t[i:i + n] = t[i + shift:i + shift + n]
+                for t in (*canvases, weights):
+                    t[max(live, 0):].zero_()
+                base = start
             x = padded[(slice(None), *tile)].unsqueeze(0).to(self.device)  # a 2D tile's slice index drops its axis
+            place = (slice(start - base, start - base + (1 if two_d else patch[0])), *tile[1:])
             for network, canvas in zip(self.model.networks, canvases):
+                began = time.perf_counter()
                 with autocast or torch.autocast(self.device.type, enabled=False):
                     f = self._features(network, x)[0]
-                canvas[(slice(None), *tile)].addcmul_(f.to(result_device), gaussian)
-            weights[tile].add_(gaussian)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.network_seconds += time.perf_counter() - began
+                f = f.to(canvas.device)
+                canvas[place].addcmul_((f[:, None] if two_d else f).movedim(0, -1), gaussian.unsqueeze(-1))
+            weights[place].add_(gaussian.to(weights.device))
             if progress:
                 progress(1)
-        for canvas in canvases:
-            canvas.div_(weights)
-        return [c[(slice(None), *revert[1:])] for c in canvases]
+        done = finished(spatial[0])
+        if done:
+            yield done
 
     # -- back to the original grid ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, data: torch.Tensor, properties: dict, lookup: torch.Tensor | None = None,
+                probabilities_of: list[list[int]] | None = None, progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None):
+        """Label map (original geometry) and optionally probabilities from preprocessed ``data``: the sliding window
+        and :meth:`segment`. When only labels are asked for and the output grid is finer than the network's, the
+        export runs slab by slab as the tiles finish them (:func:`stunet.export.fine_labels`), so the features of
+        the whole image are never held at once."""
+        new_shape = properties["shape_after_cropping_and_before_resampling"]
+        release_freed_memory()  # what reading and preprocessing freed is not resident while the network runs
+        if probabilities_of is None and not self.model.label_manager.has_regions \
+                and math.prod(new_shape) > math.prod(data.shape[1:]):
+            chunks = fine_labels(self.model.networks, self.feature_slabs(data, progress, on_start), data.shape[1:],
+                                 new_shape, self._orders(properties), self.chunk_slices)
+            return self._assemble(chunks, properties, lookup), None
+        return self.segment(self.blended_features(data, progress, on_start), properties, lookup, probabilities_of)
+
+    def _orders(self, properties: dict) -> list[int]:
+        pm, cm = self.model.plans_manager, self.model.configuration_manager
+        new_shape = properties["shape_after_cropping_and_before_resampling"]
+        new_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
+        current_spacing = cm.spacing if len(cm.spacing) == len(new_shape) else [new_spacing[0], *cm.spacing]
+        return axis_orders(current_spacing, new_spacing, cm.configuration.get("resampling_fn_probabilities_kwargs", {}))
+
     @torch.inference_mode()
     def segment(self, features: list[torch.Tensor], properties: dict, lookup: torch.Tensor | None = None,
                 probabilities_of: list[list[int]] | None = None):
@@ -248,16 +323,39 @@ class Predictor:
         ``lookup`` maps model classes to output labels; ``probabilities_of`` lists, per output label, the model
         classes whose probabilities add up to it.
         """
-        pm, cm, lm = self.model.plans_manager, self.model.configuration_manager, self.model.label_manager
         new_shape = properties["shape_after_cropping_and_before_resampling"]
-        new_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
-        current_spacing = cm.spacing if len(cm.spacing) == len(new_shape) else [new_spacing[0], *cm.spacing]
-        orders = axis_orders(current_spacing, new_spacing, cm.configuration.get(
-            "resampling_fn_probabilities_kwargs", {}))
-        max_label = int(lookup.max()) if lookup is not None else max(lm.all_labels)
-        dtype = np.uint8 if max_label < 256 else np.uint16 if max_label < 65536 else np.int32
-        seg = np.zeros(new_shape, dtype=dtype)
+        orders = self._orders(properties)
         probs = np.zeros((len(probabilities_of), *new_shape), dtype=np.float16) if probabilities_of else None
+        if probabilities_of is None and not self.model.label_manager.has_regions \
+                and math.prod(new_shape) > math.prod(features[0].shape[1:]):
+            chunks = fine_labels(self.model.networks, [(0, [f.movedim(0, -1) for f in features])],
+                                 features[0].shape[1:], new_shape, orders, self.chunk_slices)
+        else:
+            chunks = self._resampled_labels(features, new_shape, orders, probabilities_of, probs)
+        seg = self._assemble(chunks, properties, lookup)
+        if probs is not None:
+            pm = self.model.plans_manager
+            holder = np.zeros((probs.shape[0], *properties["shape_before_cropping"]), dtype=np.float16)
+            holder[(slice(None), *[slice(a, b) for a, b in properties["bbox_used_for_cropping"]])] = probs
+            probs = holder.transpose([0] + [i + 1 for i in pm.transpose_backward])
+        return seg, probs
+
+    def _assemble(self, chunks, properties: dict, lookup: torch.Tensor | None) -> np.ndarray:
+        """The label map in the original geometry from ``(rows, model classes)`` chunks of the cropped region."""
+        max_label = int(lookup.max()) if lookup is not None else max(self.model.label_manager.all_labels)
+        dtype = np.uint8 if max_label < 256 else np.uint16 if max_label < 65536 else np.int32
+        full = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+        seg = full[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])]
+        for rows, labels in chunks:
+            if lookup is not None:
+                labels = lookup.to(labels.device)[labels.long()]
+            seg[rows] = labels.cpu().numpy()
+        return full.transpose(self.model.plans_manager.transpose_backward)
+
+    def _resampled_labels(self, features, new_shape, orders, probabilities_of, probs):
+        """(rows, labels) chunks from the features resampled to the output grid, the head and the argmax (nnU-Net's
+        softmax where probabilities are asked for, its region handling for region-based models)."""
+        lm = self.model.label_manager
         chunks = [resample_chunks(f, new_shape, orders, self.chunk_slices) for f in features]
         for parts in zip(*chunks):
             rows = parts[0][0]
@@ -268,16 +366,8 @@ class Predictor:
                 labels = lm.convert_probabilities_to_segmentation(classes)
                 for i, members in enumerate(probabilities_of):
                     probs[i, rows] = classes[members].sum(0).cpu().numpy()
-            else:
+            elif lm.has_regions:
                 labels = lm.convert_logits_to_segmentation(logits)
-            labels = torch.as_tensor(labels)
-            if lookup is not None:
-                labels = lookup.to(labels.device)[labels.long()]
-            seg[rows] = labels.cpu().numpy()
-        full = insert_crop_into_image(np.zeros(properties["shape_before_cropping"], dtype=dtype), seg,
-                                      properties["bbox_used_for_cropping"]).transpose(pm.transpose_backward)
-        if probs is not None:
-            holder = np.zeros((probs.shape[0], *properties["shape_before_cropping"]), dtype=np.float16)
-            holder[(slice(None), *[slice(a, b) for a, b in properties["bbox_used_for_cropping"]])] = probs
-            probs = holder.transpose([0] + [i + 1 for i in pm.transpose_backward])
-        return full, probs
+            else:
+                labels = logits.argmax(0)  # the argmax of the softmax
+            yield rows, torch.as_tensor(labels)

@@ -5,13 +5,15 @@ axis (``map_coordinates(order=0, mode='nearest')``). Output chunks along the fir
 they need, so memory stays bounded for any image size."""
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
 
-def _axis_map(in_size: int, out_size: int, order: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def axis_map(in_size: int, out_size: int, order: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lower index, upper index, weight of the upper) for each output position along one axis."""
     coords = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * (in_size / out_size) - 0.5
     if order == 0:
@@ -45,7 +47,7 @@ def axis_orders(current_spacing: Sequence[float], new_spacing: Sequence[float], 
 def resample_chunks(x: torch.Tensor, new_shape: Sequence[int], orders: Sequence[int],
                     chunk: int = 8) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(output slice along axis 0, resampled chunk)`` of ``x`` (channels, *spatial) at ``new_shape``."""
-    maps = [_axis_map(i, o, order, x.device) for i, o, order in zip(x.shape[1:], new_shape, orders)]
+    maps = [axis_map(i, o, order, x.device) for i, o, order in zip(x.shape[1:], new_shape, orders)]
     if tuple(x.shape[1:]) == tuple(new_shape):
         for start in range(0, new_shape[0], chunk):
             yield slice(start, min(start + chunk, new_shape[0])), x[:, start:start + chunk]
@@ -58,3 +60,102 @@ def resample_chunks(x: torch.Tensor, new_shape: Sequence[int], orders: Sequence[
             if x.shape[axis] != new_shape[axis - 1]:
                 part = _along(part, axis, lo, up, w)
         yield rows, part
+
+
+# -- image resampling (nnU-Net's preprocessing: ``resample_data_or_seg`` with ``is_seg=False``) -------------------
+_PAD = 12  # scipy's ndimage pads this many edge values before its spline prefilter (mode 'nearest')
+_POLE = 3 ** 0.5 - 2  # the cubic B-spline prefilter's pole
+_TAIL = 30  # prefilter terms kept on each side (|pole|^30 < 1e-17)
+
+
+def _cubic_bspline(t: np.ndarray) -> np.ndarray:
+    """Weights of the four taps floor(c)-1 .. floor(c)+2 for fractional parts ``t`` (n,) -> (n, 4)."""
+    return np.stack([(1 - t) ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1, t ** 3], 1) / 6
+
+
+def resampling_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """(n_out, n_in) float64 matrix taking a signal to ``n_out`` samples as skimage's ``resize(order, mode='edge',
+    anti_aliasing=False)`` does along one axis (half-voxel-centred coordinates; scipy's ``zoom(grid_mode=True)``):
+    nearest (0), linear (1) or cubic B-spline with its prefilter on the edge-padded signal (3)."""
+    coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    matrix = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    if order == 0:
+        np.add.at(matrix, (rows, np.clip(np.floor(coords + 0.5), 0, n_in - 1).astype(int)), 1.0)
+    elif order == 1:
+        coords = np.clip(coords, 0, n_in - 1)
+        lower = np.floor(coords).astype(int)
+        weight = coords - lower
+        np.add.at(matrix, (rows, lower), 1 - weight)
+        np.add.at(matrix, (rows, np.minimum(lower + 1, n_in - 1)), weight)
+    elif order == 3:
+        n = n_in + 2 * _PAD  # edge padding, then the prefilter (mirror boundary) as a truncated symmetric filter
+        offsets = np.arange(-_TAIL, _TAIL + 1)
+        taps = 3 ** 0.5 * _POLE ** np.abs(offsets)
+        period = 2 * n - 2
+        prefilter = np.zeros((n, n))
+        for offset, tap in zip(offsets, taps):
+            j = np.abs(np.arange(n) + offset) % period
+            np.add.at(prefilter, (np.arange(n), np.where(j >= n, period - j, j)), tap)
+        padded = np.zeros((n, n_in))  # prefilter @ edge padding
+        np.add.at(padded.T, np.clip(np.arange(n) - _PAD, 0, n_in - 1), prefilter.T)
+        start = np.floor(coords + _PAD).astype(int) - 1
+        weights = _cubic_bspline(coords + _PAD - start - 1)
+        for k in range(4):
+            matrix += weights[:, k:k + 1] * padded[start + k]
+    else:
+        raise NotImplementedError(f"resampling order {order}: only 0, 1 and 3 are supported")
+    return matrix
+
+
+def _banded_blocks(matrix: np.ndarray, block: int = 64, tolerance: float = 1e-9):
+    """(output rows, input rows, block of the matrix) covering ``matrix``, leaving out weights under ``tolerance``."""
+    keep = np.abs(matrix) > tolerance
+    for start in range(0, matrix.shape[0], block):
+        rows = slice(start, min(start + block, matrix.shape[0]))
+        columns = np.flatnonzero(keep[rows].any(0))
+        if len(columns):
+            yield rows, slice(int(columns[0]), int(columns[-1]) + 1), matrix[rows, columns[0]:columns[-1] + 1]
+
+
+def resample_axis(x: torch.Tensor, axis: int, matrix: np.ndarray) -> torch.Tensor:
+    """``x`` with ``axis`` taken through ``matrix`` (n_out, n_in), block by block along the band."""
+    shape = list(x.shape)
+    before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    source = x.reshape(before, shape[axis], after)
+    out = torch.empty((before, matrix.shape[0], after), dtype=x.dtype, device=x.device)
+    for rows, columns, part in _banded_blocks(matrix):
+        weights = torch.as_tensor(part, dtype=x.dtype, device=x.device)
+        if after == 1:
+            out[:, rows, 0] = source[:, columns, 0] @ weights.T
+        else:
+            out[:, rows] = torch.matmul(weights, source[:, columns])
+    shape[axis] = matrix.shape[0]
+    return out.view(shape)
+
+
+def resample_image(x: torch.Tensor, new_shape: Sequence[int], order: int = 3, order_z: int = 0,
+                   separate_axis: int | None = None) -> torch.Tensor:
+    """nnU-Net's image resampling (``resample_data_or_seg(is_seg=False)``) of ``x`` (channels, *spatial), in torch.
+
+    Without ``separate_axis``: one resize of each channel with ``order``, clipped to the channel's range (skimage's
+    ``clip=True``). With it (anisotropic spacing): every slice across that axis resized in-plane with ``order`` and
+    clipped to the slice's range, then that axis resampled with ``order_z`` (0 or 1). Each axis is one banded matrix
+    product (:func:`resampling_matrix`), the shrinking axes first.
+    """
+    shape = list(x.shape[1:])
+    if shape == list(new_shape):
+        return x
+    in_plane = [a for a in range(len(shape)) if a != separate_axis]
+    low = x.amin(dim=tuple(a + 1 for a in in_plane), keepdim=True)
+    high = x.amax(dim=tuple(a + 1 for a in in_plane), keepdim=True)
+    for a in sorted(in_plane, key=lambda a: new_shape[a] / shape[a]):
+        if new_shape[a] == shape[a]:
+            continue  # identity (the cubic spline interpolates its nodes)
+        x = resample_axis(x, a + 1, resampling_matrix(shape[a], new_shape[a], order))
+    if order > 1:
+        x = torch.maximum(torch.minimum(x, high, out=x), low, out=x)
+    if separate_axis is not None and new_shape[separate_axis] != shape[separate_axis]:
+        x = resample_axis(x, separate_axis + 1, resampling_matrix(shape[separate_axis], new_shape[separate_axis],
+                                                                  order_z))
+    return x

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -107,6 +108,7 @@ class Segmenter:
         self.options = {"step_size": step_size, "mirroring": mirroring, "precision": precision, "device": str(device),
                         "labels": labels, "label_map": label_map}
         self._lock = threading.Lock()
+        self.timings: dict[str, float] = {}  # seconds per phase of the last case
 
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: Sequence[str] | None = None, **kwargs) -> "Segmenter":
@@ -115,13 +117,34 @@ class Segmenter:
     # -- the one code path ----------------------------------------------------------------------------------------
     def segment_array(self, image: np.ndarray, properties: dict, probabilities: bool = False,
                       progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None):
-        """(label map on the input grid (z, y, x), probabilities or None) from the plans' reader output."""
+        """(label map on the input grid (z, y, x), probabilities or None) from the plans' reader output. ``image`` is
+        normalised in place (preprocessing takes it over)."""
+        data, properties = self.preprocess(image, properties)
+        del image
+        return self.segment_preprocessed(data, properties, probabilities, progress, on_start)
+
+    def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
+        """nnU-Net's preprocessing of the reader's output; ``image`` is normalised in place, so a caller that drops
+        its own reference afterwards frees it before the network runs."""
         with self._lock:
-            data, properties = self.predictor.preprocess(image, properties)
-            features = self.predictor.blended_features(data, progress=progress, on_start=on_start)
-            del data
-            return self.predictor.segment(features, properties, self.lookup,
-                                          self.members if probabilities else None)
+            start = time.perf_counter()
+            result = self.predictor.preprocess(image, properties)
+            self.timings = {"preprocess": time.perf_counter() - start}
+            return result
+
+    def segment_preprocessed(self, data: torch.Tensor, properties: dict, probabilities: bool = False,
+                             progress: Callable[[int], None] | None = None,
+                             on_start: Callable[[int], None] | None = None):
+        """The sliding window and the export onto the input grid (see :meth:`segment_array`); the seconds each took
+        are in ``timings`` afterwards (``network``: the forward passes; ``export``: the rest, blending included;
+        ``preprocess`` from :meth:`preprocess`)."""
+        with self._lock:
+            start = time.perf_counter()
+            result = self.predictor.predict(data, properties, self.lookup, self.members if probabilities else None,
+                                            progress, on_start)
+            network = self.predictor.network_seconds
+            self.timings.update(network=network, export=time.perf_counter() - start - network)
+            return result
 
     def read(self, images) -> tuple[np.ndarray, dict, _Kind]:
         """The plans' reader output for in-memory images or files (one per input channel)."""
@@ -175,11 +198,15 @@ class Segmenter:
             sitk_images = [array_to_sitk(a, spacing, affine) for a in items]
             arrays, properties = self._reader_output(sitk_images)
             kind = _Kind("numpy", items[0])
+            del sitk_images
         else:
             if spacing is not None or affine is not None:
                 raise ValueError("spacing= and affine= are for numpy arrays; images carry their own geometry")
             arrays, properties, kind = self.read(items)
-        seg, probs = self.segment_array(arrays, properties, probabilities)
+        data, properties = self.preprocess(arrays, properties)
+        del arrays  # normalised in place: nothing else uses it
+        seg, probs = self.segment_preprocessed(data, properties, probabilities)
+        del data
         labels = self.to_sitk(seg, properties)
         if kind.name == "sitk":
             if isinstance(kind.reference, sitk.Image):

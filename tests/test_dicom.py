@@ -33,11 +33,11 @@ def thresholder(tmp_path_factory):
         head.bias.copy_(torch.tensor([0., 0., -1e3, -1e3, -1e3]))
         head.weight[1, 0] = 1.0  # label 1 where feature 0 > 0
 
-    def features(data, progress=None, on_start=None):
+    def feature_slabs(data, progress=None, on_start=None, window=True):  # one slab: the whole image
         middle = (data.max() + data.min()) / 2
-        return [torch.cat([data[:1] - middle, torch.zeros((width - 1, *data.shape[1:]))])]
+        yield 0, [torch.cat([data[:1] - middle, torch.zeros((width - 1, *data.shape[1:]))]).movedim(0, -1)]
 
-    seg.predictor.blended_features = features
+    seg.predictor.feature_slabs = feature_slabs
     return seg
 
 

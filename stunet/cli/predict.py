@@ -336,7 +336,7 @@ def main(argv=None) -> None:
             if case.problem:
                 raise CaseError(case.problem)
             with tempfile.TemporaryDirectory(prefix="stunet-dicom-") as unzipped:
-                series = None
+                series, case_start = None, time.perf_counter()
                 if dicom_cases:
                     source = case.files[0]
                     if source.is_file():  # a zip: extracted while the case is processed (the SEG references it)
@@ -350,14 +350,18 @@ def main(argv=None) -> None:
                 else:
                     image, properties = _read_image_case(segmenter, case, budget)
                 image = check_values(case, image)
+                read_time = time.perf_counter() - case_start
                 first = image[0].copy() if args.statistics or args.preview else None  # as read (preprocessing may
                 tiles = tqdm(unit="tile", leave=False, desc=case.name)                  # normalise it in place)
                 try:
-                    seg, probs = segmenter.segment_array(image, properties, args.save_probabilities,
-                                                         progress=tiles.update, on_start=lambda n: tiles.reset(n))
+                    data, properties = segmenter.preprocess(image, properties)
+                    del image  # normalised in place: freed before the network runs
+                    seg, probs = segmenter.segment_preprocessed(data, properties, args.save_probabilities,
+                                                                progress=tiles.update,
+                                                                on_start=lambda n: tiles.reset(n))
+                    del data
                 finally:
                     tiles.close()
-                del image
                 if not claims.holds():  # taken over as stale by another process, which writes this case
                     busy.append(case.name)
                     continue
@@ -375,6 +379,10 @@ def main(argv=None) -> None:
                         if tmp.name.endswith((".nii.gz", ".nii")):
                             describe_nifti(tmp, names)
                     atomic_write(target, write, partial)
+            phases = {"read": read_time, **segmenter.timings,
+                      "writing": time.perf_counter() - case_start - read_time - sum(segmenter.timings.values())}
+            tqdm.write(f"{case.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+                       + f" ({tiles.total} tiles)", file=sys.stderr)
             done += 1
         except CaseError as e:
             failed.append(str(e))

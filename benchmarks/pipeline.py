@@ -1,0 +1,141 @@
+"""Whole-body CT prediction on the CPU: how much the pipeline around the network costs, and whether it agrees with
+nnU-Net's.
+
+    python benchmarks/pipeline.py [--work /tmp/stunet_bench_predict] [--runs 2] [--skip-nnunet]
+
+Input: the example CT of ../shared stacked and resampled to 512×512×600 voxels at 0.8 mm (157M voxels, 64 tiles of
+128³ at 1.5 mm; benchmarks/predict.py's whole-body case). Model: the 105-class STU-Net-S fitted to that CT by
+benchmarks/predict.py (cached in --work), fp32, no mirroring, step 0.5, CPU.
+
+1. ``stunet-predict`` end to end, ``--runs`` times: wall time and peak memory of the process tree (PSS, which counts
+   shared pages once, and RSS), and the phases it reports per case (read, preprocess, network = the tiles' forward
+   passes, export = blending, resampling, head and argmax, writing); the ratio of wall time to network time.
+2. Agreement with ``nnUNetv2_predict_from_modelfolder`` on the same case. nnU-Net's export resamples every class's
+   logits to the output grid in float64 (105 × 157M voxels: more than 100 GB), so both commands run a copy of the
+   model whose head keeps only the classes the full model segments on this case in step 1 (and the background): the
+   same weights for both; per-label Dice (mean and minimum over the labels either output holds).
+
+Results: benchmarks/results/pipeline_cpu.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from machine import describe
+from predict import BIN, EXAMPLE, dice_agreement, fit_weights, make_input, make_whole_body
+from process_monitor import run_measured
+
+PHASES = ("read", "preprocess", "network", "export", "writing")
+
+
+def phases(log: Path) -> dict[str, float]:
+    """The per-case phase line stunet-predict prints: 'case: read 3.4 s, preprocess 0.9 s, ...'."""
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    line = [l for l in text.splitlines() if re.search(r": read [\d.]+ s, ", l)][-1]
+    return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", line)}
+
+
+def pruned_model_folder(checkpoint: Path, classes: list[int], folder: Path) -> Path:
+    """An nnU-Net model folder of the fitted S keeping only ``classes`` (0 first) in its heads."""
+    from stunet.inference import load_pretrained
+
+    model = load_pretrained("stunet_small.totalseg104", checkpoint)
+    network = model.networks[0]
+    state = network.state_dict()
+    for key in list(state):
+        if key.startswith("seg_outputs."):
+            state[key] = state[key][classes].clone()
+    names = {v: k for k, v in model.dataset_json["labels"].items()}
+    dataset_json = {**model.dataset_json, "labels": {names[c]: i for i, c in enumerate(classes)}}
+    plans = json.loads(json.dumps(model.plans))
+    (folder / "fold_all").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    torch.save({"network_weights": state, "trainer_name": "STUNetTrainer_small",
+                "init_args": {"configuration": model.configuration}, "inference_allowed_mirroring_axes": (0, 1, 2)},
+               folder / "fold_all" / "checkpoint_final.pth")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stunet_bench_predict"))
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--skip-nnunet", action="store_true", help="leave out the agreement run (about 6 minutes)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
+    args = parser.parse_args()
+    if not EXAMPLE.is_dir():
+        sys.exit(f"benchmark input {EXAMPLE} is absent (../shared beside the checkout, or STUNET_SHARED)")
+    work = args.work
+    image = make_input(work / "input")
+    checkpoint = work / "fitted_small.model"
+    if not checkpoint.exists():
+        fit_weights(image, work / "ct_reference_seg.nii.gz", checkpoint, 240)
+    big = make_whole_body(work / "wholebody")
+    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env.setdefault(var, str(work / var))
+    predict = [str(BIN / "stunet-predict"), "-i", str(big.parent), "--pretrained", "stunet_small.totalseg104",
+               "--checkpoint", str(checkpoint), "--disable-tta", "--device", "cpu", "--overwrite"]
+    rows = []
+    for run in range(args.runs):
+        print(f"stunet-predict, whole-body CT, run {run + 1} ...", flush=True)
+        log = work / f"pipeline_{run}.log"
+        wall, rss, pss = run_measured(predict + ["-o", str(work / "out_pipeline")], env, log, pss=True)
+        measured = phases(log)
+        startup = wall - sum(measured.values())
+        rows.append(f"| {run + 1} | {wall:.1f} | " + " | ".join(f"{measured[p]:.1f}" for p in PHASES)
+                    + f" | {startup:.1f} | **{wall / measured['network']:.2f}×** | {pss / 2 ** 30:.2f} | "
+                      f"{rss / 2 ** 30:.2f} |")
+        print("  " + rows[-1], flush=True)
+    lines = [
+        "Whole-body CT, 512×512×600 voxels at 0.8 mm (157M voxels; 64 tiles of 128³ at 1.5 mm), 105-class STU-Net-S "
+        "(fitted weights), fp32, no mirroring, step 0.5, CPU.",
+        f"Machine: {describe()}, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+        "Command: `python benchmarks/pipeline.py`.", "",
+        "| run | wall (s) | read | preprocess | network (tiles) | export | writing | start-up, loading | wall / network "
+        "| peak PSS (GiB) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+    if not args.skip_nnunet:
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out_pipeline" / "wholebody.nii.gz")))
+        classes = sorted(set(np.unique(ours).tolist()) | {0})
+        folder = pruned_model_folder(checkpoint, classes, work / "pruned_model")
+        outputs = {}
+        for name, command in {
+            "nnUNetv2_predict": [str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(big.parent), "-o",
+                                 str(work / "out_pipeline_nnunet"), "-m", str(folder), "-f", "all", "--disable_tta",
+                                 "-device", "cpu", "-npp", "1", "-nps", "1"],
+            "stunet-predict": [str(BIN / "stunet-predict"), "-i", str(big.parent), "-o",
+                               str(work / "out_pipeline_pruned"), "-m", str(folder), "-f", "all", "--disable-tta",
+                               "--device", "cpu", "--overwrite"]}.items():
+            print(f"{name}, whole-body CT, model pruned to {len(classes)} classes ...", flush=True)
+            wall, rss, pss = run_measured(command, env, work / f"pipeline_{name}.log", pss=True)
+            out = work / ("out_pipeline_nnunet" if name.startswith("nnU") else "out_pipeline_pruned")
+            outputs[name] = (wall, pss, sitk.GetArrayFromImage(sitk.ReadImage(str(out / "wholebody.nii.gz"))))
+            print(f"  {wall:.1f} s, peak PSS {pss / 2 ** 30:.2f} GiB", flush=True)
+        mean, worst, n = dice_agreement(outputs["nnUNetv2_predict"][2], outputs["stunet-predict"][2])
+        differ = int(np.sum(outputs["nnUNetv2_predict"][2] != outputs["stunet-predict"][2]))
+        lines += ["", f"Agreement on the whole-body CT with `nnUNetv2_predict_from_modelfolder` (same weights: the fitted "
+                  f"S with its head cut to the {len(classes)} classes it segments on this case, "
+                  f"{', '.join(map(str, classes))}): per-label Dice mean **{mean:.4f}**, minimum **{worst:.4f}** "
+                  f"over {n} labels; {differ:,} of {outputs['stunet-predict'][2].size:,} voxels differ. "
+                  f"nnUNetv2_predict {outputs['nnUNetv2_predict'][0]:.0f} s, peak PSS "
+                  f"{outputs['nnUNetv2_predict'][1] / 2 ** 30:.2f} GiB; stunet-predict "
+                  f"{outputs['stunet-predict'][0]:.0f} s, {outputs['stunet-predict'][1] / 2 ** 30:.2f} GiB."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
