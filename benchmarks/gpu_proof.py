@@ -729,6 +729,10 @@ def predict_item(kind: str, folder: Path, inputs: Path, out: Path, device: torch
             peaks = json.loads(line[len(PEAK_MARK):])
     result = {"value": f"{wall:.1f}", "unit": "s", "peak_host_gib": _gib(rss),
               "peak_gpu_nvidia_smi_gib": _gib(smi.peak), "details": "no mirroring, step 0.5"}
+    phase_lines = re.findall(r"^\S+: (read [\d.]+ s, .*)$", log.read_text(errors="replace").replace("\r", "\n"),
+                             re.MULTILINE)
+    if phase_lines:  # stunet-predict's per-case phases (network = the forward passes, synchronised)
+        result["details"] += "; phases: " + phase_lines[-1]
     if peaks.get("allocated") is not None:
         result.update(peak_gpu_allocated_gib=_gib(peaks["allocated"]), peak_gpu_reserved_gib=_gib(peaks["reserved"]))
     return result

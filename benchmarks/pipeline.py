@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -32,10 +30,27 @@ import SimpleITK as sitk
 import torch
 
 from machine import describe
-from predict import BIN, EXAMPLE, dice_agreement, fit_weights, make_input, make_whole_body
+from predict import BIN, EXAMPLE, command_env, dice_agreement, prepared
 from process_monitor import run_measured
 
 PHASES = ("read", "preprocess", "network", "export", "writing")
+
+
+def make_whole_body(folder: Path) -> Path:
+    """The example CT stacked along z and resampled to 512×512×600 voxels at 0.8 mm (cached in ``folder``)."""
+    from scipy.ndimage import zoom
+
+    path = folder / "wholebody_0000.nii.gz"
+    if path.exists():
+        return path
+    ct = sitk.ReadImage(str(EXAMPLE / "example_ct_sm.nii.gz"))
+    stacked = np.concatenate([sitk.GetArrayFromImage(ct)] * 6, axis=0)  # 180 slices of 3 mm
+    array = zoom(stacked, [600 / stacked.shape[0], 512 / stacked.shape[1], 512 / stacked.shape[2]], order=1)
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing((0.8, 0.8, 0.8)), image.SetOrigin(ct.GetOrigin()), image.SetDirection(ct.GetDirection())
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
 
 
 def phases(log: Path) -> dict[str, float]:
@@ -74,17 +89,10 @@ def main() -> None:
     parser.add_argument("--skip-nnunet", action="store_true", help="leave out the agreement run (about 6 minutes)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
     args = parser.parse_args()
-    if not EXAMPLE.is_dir():
-        sys.exit(f"benchmark input {EXAMPLE} is absent (../shared beside the checkout, or STUNET_SHARED)")
     work = args.work
-    image = make_input(work / "input")
-    checkpoint = work / "fitted_small.model"
-    if not checkpoint.exists():
-        fit_weights(image, work / "ct_reference_seg.nii.gz", checkpoint, 240)
+    _, checkpoint = prepared(work)
     big = make_whole_body(work / "wholebody")
-    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.setdefault(var, str(work / var))
+    env = command_env(work)
     predict = [str(BIN / "stunet-predict"), "-i", str(big.parent), "--pretrained", "stunet_small.totalseg104",
                "--checkpoint", str(checkpoint), "--disable-tta", "--device", "cpu", "--overwrite"]
     rows = []

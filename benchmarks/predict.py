@@ -1,6 +1,6 @@
 """stunet-predict vs nnUNetv2_predict on a real CT with the same 105-class STU-Net-S weights, on this machine.
 
-    python benchmarks/predict.py [--checkpoint small_ep4k.model] [--work /tmp/stunet_bench] [--whole-body] [--bf16]
+    python benchmarks/predict.py [--checkpoint small_ep4k.model] [--work /tmp/stunet_bench] [--bf16]
 
 Measures end-to-end wall time and peak resident memory (summed over each command's process tree) of both commands on
 the same input and weights, and their agreement (Dice between the two label maps, mean and minimum over the
@@ -44,23 +44,6 @@ def make_input(folder: Path) -> Path:
         sitk.ReadImage(str(EXAMPLE / "example_seg.nii.gz")))] * 4, axis=0)[:112])
     seg.CopyInformation(image)
     sitk.WriteImage(seg, str(folder.parent / "ct_reference_seg.nii.gz"))
-    return path
-
-
-def make_whole_body(folder: Path) -> Path:
-    """The example CT stacked along z and resampled to 512×512×600 voxels at 0.8 mm."""
-    from scipy.ndimage import zoom
-
-    path = folder / "wholebody_0000.nii.gz"
-    if path.exists():
-        return path
-    ct = sitk.ReadImage(str(EXAMPLE / "example_ct_sm.nii.gz"))
-    stacked = np.concatenate([sitk.GetArrayFromImage(ct)] * 6, axis=0)  # 180 slices of 3 mm
-    array = zoom(stacked, [600 / stacked.shape[0], 512 / stacked.shape[1], 512 / stacked.shape[2]], order=1)
-    image = sitk.GetImageFromArray(array.astype(np.int16))
-    image.SetSpacing((0.8, 0.8, 0.8)), image.SetOrigin(ct.GetOrigin()), image.SetDirection(ct.GetDirection())
-    folder.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
     return path
 
 
@@ -114,6 +97,25 @@ def fit_weights(image: Path, reference: Path, out: Path, iterations: int) -> Pat
     return out
 
 
+def prepared(work: Path, checkpoint: Path | None = None, iterations: int = 240) -> tuple[Path, Path]:
+    """(the benchmark's input CT, the weights: ``checkpoint``, or the S fitted to that CT, fitted on first use)."""
+    if not EXAMPLE.is_dir():
+        sys.exit(f"benchmark input {EXAMPLE} is absent (../shared beside the checkout, or STUNET_SHARED)")
+    image = make_input(work / "input")
+    checkpoint = checkpoint or work / "fitted_small.model"
+    if not checkpoint.exists():
+        fit_weights(image, work / "ct_reference_seg.nii.gz", checkpoint, iterations)
+    return image, checkpoint
+
+
+def command_env(work: Path) -> dict:
+    """The commands' environment: one worker process each, all cores to torch, nnU-Net's folders under ``work``."""
+    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env.setdefault(var, str(work / var))
+    return env
+
+
 def dice_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     scores = [2 * np.sum((a == l) & (b == l)) / (np.sum(a == l) + np.sum(b == l)) for l in labels]
@@ -125,27 +127,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="small_ep4k.model (released weights); default: fitted")
     parser.add_argument("--work", type=Path, default=Path("/tmp/stunet_bench_predict"))
     parser.add_argument("--fit-iterations", type=int, default=240)
-    parser.add_argument("--whole-body", action="store_true",
-                        help="also time stunet-predict alone on a 512x512x600 CT at 0.8 mm (the example, stacked "
-                             "and upsampled); nnUNetv2_predict's float64 export of 105 channels would need >100 GB")
     parser.add_argument("--bf16", action="store_true",
                         help="also time stunet-predict --pretrained with --precision bf16; worth it only on CPUs with "
                              "native bfloat16 (avx512_bf16, amx_bf16), elsewhere it is emulated and ~300x slower")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "predict_cpu.md")
     args = parser.parse_args()
-    if not EXAMPLE.is_dir():
-        sys.exit(f"benchmark input {EXAMPLE} is absent (../shared beside the checkout, or STUNET_SHARED)")
     work = args.work
-    image = make_input(work / "input")
-    checkpoint = args.checkpoint or work / "fitted_small.model"
-    if not checkpoint.exists():
-        fit_weights(image, work / "ct_reference_seg.nii.gz", checkpoint, args.fit_iterations)
+    image, checkpoint = prepared(work, args.checkpoint, args.fit_iterations)
     folder = work / "model_folder"
     if not folder.exists():
         run_measured([str(BIN / "stunet-convert"), str(checkpoint), str(folder)])
-    env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(os.cpu_count())}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.setdefault(var, str(work / var))
+    env = command_env(work)
     runs = {
         "nnUNetv2_predict": [str(BIN / "nnUNetv2_predict_from_modelfolder"), "-i", str(image.parent), "-o",
                              str(work / "out_nnunet"), "-m", str(folder), "-f", "all", "--disable_tta",
@@ -182,16 +174,9 @@ def main() -> None:
         f"({'released' if args.checkpoint else 'fitted'} weights), no mirroring, step 0.5, CPU.",
         f"Machine: {describe()}, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
         f"Command: `python benchmarks/predict.py{' --bf16' if args.bf16 else ''}"
-        f"{' --whole-body' if args.whole_body else ''}`.", "",
+        "`.", "",
         "| command | wall (s) | speed-up | peak RSS (GiB) | RSS ratio | agreement with nnUNetv2_predict (Dice) |",
         "|---|---|---|---|---|---|", *rows])
-    if args.whole_body:
-        big = make_whole_body(work / "wholebody")
-        wall, rss = run_measured(runs["stunet-predict --pretrained"][:2] + [str(big.parent), "-o",
-                                 str(work / "out_wholebody")] + runs["stunet-predict --pretrained"][5:], env,
-                                 work / "wholebody.log")
-        table += (f"\n\nWhole-body CT, 512×512×600 voxels at 0.8 mm (157M voxels; 80 tiles at 1.5 mm), same model and "
-                  f"settings: stunet-predict --pretrained {wall:.0f} s, peak RSS {rss / 2 ** 30:.2f} GiB.")
     print("\n" + table)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(table + "\n")

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from stunet.memory_estimate import GIB, PredictionMemory, available_memory
+
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _CHANNEL = re.compile(r"(.+)_(\d{4})$")
 
@@ -358,11 +360,14 @@ class VoxelBudget:
     target_spacing: Sequence[float] | None = None
     transpose: Sequence[int] | None = None
     limit: int = DEFAULT_MAX_VOXELS
+    memory: PredictionMemory | None = None  # checked against the memory available unless the budget was set
+    explicit: bool = False  # by the user (--max-voxels or $STUNET_MAX_VOXELS): no memory check
 
     @classmethod
-    def for_model(cls, model, limit: int | None = None) -> "VoxelBudget":
+    def for_model(cls, model, limit: int | None = None, probability_maps: int = 0) -> "VoxelBudget":
         return cls(list(model.configuration_manager.spacing), list(model.plans_manager.transpose_forward),
-                   max_voxels(limit))
+                   max_voxels(limit), PredictionMemory.for_model(model, probability_maps),
+                   limit is not None or bool(os.environ.get(ENV_MAX_VOXELS)))
 
     def resampled_shape(self, size_xyz: Sequence[int], spacing_xyz: Sequence[float]) -> list[int]:
         shape, spacing = list(size_xyz)[::-1], list(spacing_xyz)[::-1]  # nnU-Net's SimpleITK order: z, y, x
@@ -389,6 +394,16 @@ class VoxelBudget:
                             f"mm become {' x '.join(map(str, shape))} = {voxels:,} voxels, over the budget of "
                             f"{self.limit:,} (check the spacing in its header; raise the budget with --max-voxels N "
                             f"or {ENV_MAX_VOXELS}=N)")
+        if self.memory is None or self.explicit:
+            return
+        stored = list(size_xyz)[::-1]
+        need, available = self.memory.estimate(stored, shape), available_memory()
+        if available is not None and need > available:
+            raise CaseError(f"{path}: predicting its {' x '.join(map(str, size_xyz))} voxels ({' x '.join(map(str, shape))} "
+                            f"at the model's spacing) takes about {need / GIB:.1f} GiB of memory (GiB by phase: "
+                            f"{self.memory.describe(stored, shape)}), more than the {available / GIB:.1f} GiB "
+                            f"available; free memory or use a machine with more, or crop or resample the image "
+                            f"first (setting the budget with --max-voxels N or {ENV_MAX_VOXELS}=N skips this check)")
 
 
 def _check_spacing(path: Path, spacing: Sequence[float], source: str) -> None:

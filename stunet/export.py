@@ -112,9 +112,14 @@ def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], s
     kept_start = cells_done = next_row = 0
     for first, slab in slabs:
         if labels is None:
-            labels = torch.empty(tuple(shape), dtype=torch.int16, device=slab[0].device)
-            cells = torch.empty_like(labels)
+            try:
+                labels = torch.empty(tuple(shape), dtype=torch.int16, device=slab[0].device)
+                cells = torch.empty_like(labels)
+            except torch.cuda.OutOfMemoryError:  # no room on the GPU: the export runs on the CPU
+                labels = torch.empty(tuple(shape), dtype=torch.int16)
+                cells = torch.empty_like(labels)
             maps = [tuple(t.to(labels.device) for t in m) for m in maps]
+        slab = [f.to(labels.device) for f in slab]
         end = first + slab[0].shape[0]
         labels[first:end] = coarse_labels(networks, slab)
         known = end if end == shape[0] or not interpolated[0] else end - 1  # rows whose cells are known

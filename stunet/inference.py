@@ -7,12 +7,15 @@ the *features* that feed the head, and applying the head afterwards, gives the s
 
     blend(head(f_i)) = head(blend(f_i)),    resample(head(f)) = head(resample(f))
 
-The features have 16 (S) to 96 (H) channels whatever the number of classes, the head runs once per output voxel
-instead of once per voxel of every overlapping tile, and the last steps (resampling, head, argmax) run in chunks of
-output slices. Memory therefore grows with the image and the network, not with classes × voxels.
+The features have 16 (S) to 96 (H) channels whatever the number of classes. Tiles run row-major along the first
+axis, so the canvas holds only the rows one tile spans, and finished rows go to the export as they come
+(:meth:`Predictor.feature_slabs`); the export takes the argmax on the network's grid and computes interpolated logits
+only where that is undecided (:mod:`stunet.export`). Memory therefore grows with the image and the network, not with
+classes × voxels.
 
-Reused from nnU-Net: image reading and writing (the plans' reader), preprocessing (cropping, resampling,
-normalisation), tile positions, the Gaussian, padding, mirroring axes, the label manager, the resampling rules.
+Reused from nnU-Net: image reading and writing (the plans' reader), the preprocessing steps and normalisation classes
+(:mod:`stunet.preprocessing`), tile positions, the Gaussian, padding, mirroring axes, the label manager, the
+resampling rules.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -22,8 +23,17 @@ def predicted(model, tmp_path_factory):
     """Three oblique anisotropic cases predicted once (with mirroring) with probabilities."""
     root = tmp_path_factory.mktemp("cases")
     names = write_cases(root / "in", 3)
-    predict("-i", root / "in", "-o", root / "out", "-m", model, "--save-probabilities")
+    done = predict("-i", root / "in", "-o", root / "out", "-m", model, "--save-probabilities")
+    (root / "stderr.txt").write_text(done.stderr)
     return root, names
+
+
+def test_each_case_reports_its_phases(predicted):
+    root, names = predicted
+    text = (root / "stderr.txt").read_text().replace("\r", "\n")
+    for name in names:
+        assert re.search(rf"^{name}: read [\d.]+ s, preprocess [\d.]+ s, network [\d.]+ s, export [\d.]+ s, "
+                         rf"writing [\d.]+ s \(\d+ tiles\)$", text, re.MULTILINE), text[-2000:]
 
 
 def test_outputs_keep_the_input_geometry(predicted):

@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                                                          "accurate")
     run.add_argument("--max-voxels", type=float, metavar="N",
                      help=f"voxel budget of an image at the model's spacing (default 2e8, or ${ENV_MAX_VOXELS}); "
-                          f"larger images are skipped with a message")
+                          f"larger images are skipped with a message, and so are images whose estimated memory "
+                          f"exceeds what the machine has available, unless a budget is set here or in "
+                          f"${ENV_MAX_VOXELS}")
     out = p.add_argument_group("outputs")
     out.add_argument("--label-map", help="map the model's classes onto another label system: a shipped map ("
                                          + ", ".join(list_label_maps()) + ") or a JSON file")
@@ -286,7 +288,7 @@ def main(argv=None) -> None:
         segmenter = Segmenter(model=model, device=device, step_size=args.step_size, mirroring=not args.disable_tta,
                               precision=args.precision, labels=args.labels, label_map=args.label_map)
         names = segmenter.label_names
-        budget = VoxelBudget.for_model(model, args.max_voxels)
+        budget = VoxelBudget.for_model(model, args.max_voxels, len(names) if args.save_probabilities else 0)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
 
