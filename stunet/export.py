@@ -145,22 +145,25 @@ def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], s
 
 
 def _chunks(networks, cells, source, source_start, maps, begin, stop, rows_per_chunk, voxels_per_batch):
+    """(rows, labels) of output rows [begin, stop) whose features are the rows of ``source`` from ``source_start``."""
+    if stop <= begin:
+        return
+    shape = source[0].shape[:-1]
+    flat = [f.reshape(-1, f.shape[-1]) for f in source]  # a view, but for images cropped out of a padded canvas
+    weights = [(lo, up, w[:, None]) for lo, up, w in maps]
+    weights[0] = (weights[0][0] - source_start, weights[0][1] - source_start, weights[0][2])
     for start in range(begin, stop, rows_per_chunk):
         rows = slice(start, min(start + rows_per_chunk, stop))
-        yield rows, _fine_chunk(networks, cells, source, source_start, maps, rows, voxels_per_batch)
+        yield rows, _fine_chunk(networks, cells, flat, shape, maps, weights, rows, voxels_per_batch)
 
 
-def _fine_chunk(networks, cells, kept, kept_start, maps, rows, voxels_per_batch) -> torch.Tensor:
+def _fine_chunk(networks, cells, flat, shape, maps, weights, rows, voxels_per_batch) -> torch.Tensor:
     """Labels of output ``rows``: their cells' classes, and for undecided cells the interpolated features' argmax."""
     out = cells.index_select(0, maps[0][0][rows]).index_select(1, maps[1][0]).index_select(2, maps[2][0])
     undecided = (out == UNDECIDED).nonzero()
     if not len(undecided):
         return out
     undecided[:, 0] += rows.start
-    shape = kept[0].shape[:-1]
-    flat = [k.reshape(-1, k.shape[-1]) for k in kept]
-    weights = [(lo, up, w[:, None]) for lo, up, w in maps]
-    weights[0] = (weights[0][0] - kept_start, weights[0][1] - kept_start, weights[0][2])
     labels = []
     for batch in undecided.split(voxels_per_batch):
         corners = [tuple(t[batch[:, a]] for t in weights[a]) for a in range(3)]
