@@ -35,7 +35,7 @@ def _head(network) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     return conv.weight.reshape(conv.out_channels, -1).T, conv.bias
 
 
-def logits(networks, features: Sequence[torch.Tensor]) -> torch.Tensor:
+def head_logits(networks, features: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over ``networks`` of their heads on ``features`` (one (voxels, channels) tensor each) -> (voxels,
     classes)."""
     total = None
@@ -59,7 +59,7 @@ def argmax(networks, features: Sequence[torch.Tensor], voxels_per_chunk: int = 1
     labels = torch.empty(features[0].shape[0], dtype=torch.int16, device=features[0].device)
     for start in range(0, labels.numel(), voxels_per_chunk):
         part = slice(start, start + voxels_per_chunk)
-        labels[part] = logits(networks, [f[part] for f in features]).argmax(1).to(labels.device, torch.int16)
+        labels[part] = head_logits(networks, [f[part] for f in features]).argmax(1).to(labels.device, torch.int16)
     return labels
 
 

@@ -36,7 +36,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from stunet.checkpoint import CheckpointError, load_checkpoint, read_json_file
 from stunet.cpu_memory import release_freed_memory
 from stunet.network import STUNet
-from stunet.export import fine_labels
+from stunet.export import argmax, fine_labels, head_logits
 from stunet.preprocessing import preprocess
 from stunet.resample import axis_orders, resample_chunks
 from stunet.transfer import IncompatibleWeightsError, check_tensors
@@ -329,12 +329,13 @@ class Predictor:
         new_shape = properties["shape_after_cropping_and_before_resampling"]
         orders = self._orders(properties)
         probs = np.zeros((len(probabilities_of), *new_shape), dtype=np.float16) if probabilities_of else None
+        last = [f.movedim(0, -1) for f in features]  # views: the canvases are channels last
         if probabilities_of is None and not self.model.label_manager.has_regions \
                 and math.prod(new_shape) > math.prod(features[0].shape[1:]):
-            chunks = fine_labels(self.model.networks, [(0, [f.movedim(0, -1) for f in features])],
-                                 features[0].shape[1:], new_shape, orders, self.chunk_slices)
+            chunks = fine_labels(self.model.networks, [(0, last)], features[0].shape[1:], new_shape, orders,
+                                 self.chunk_slices)
         else:
-            chunks = self._resampled_labels(features, new_shape, orders, probabilities_of, probs)
+            chunks = self._resampled_labels(last, new_shape, orders, probabilities_of, probs)
         seg = self._assemble(chunks, properties, lookup)
         if probs is not None:
             pm = self.model.plans_manager
@@ -356,21 +357,23 @@ class Predictor:
         return full.transpose(self.model.plans_manager.transpose_backward)
 
     def _resampled_labels(self, features, new_shape, orders, probabilities_of, probs):
-        """(rows, labels) chunks from the features resampled to the output grid, the head and the argmax (nnU-Net's
-        softmax where probabilities are asked for, its region handling for region-based models)."""
+        """(rows, labels) chunks from the features (channels last) resampled to the output grid, the head and the
+        argmax (nnU-Net's softmax where probabilities are asked for, its region handling for region-based models)."""
         lm = self.model.label_manager
+        networks = self.model.networks
         chunks = [resample_chunks(f, new_shape, orders, self.chunk_slices) for f in features]
         for parts in zip(*chunks):
-            rows = parts[0][0]
-            logits = sum(n.head(p[None].to(next(n.parameters()).device))[0].float()
-                         for n, (_, p) in zip(self.model.networks, parts)) / len(parts)
+            rows, shape = parts[0][0], parts[0][1].shape[:-1]
+            flat = [p.reshape(-1, p.shape[-1]) for _, p in parts]
+            if probabilities_of is None and not lm.has_regions:
+                yield rows, argmax(networks, flat).view(shape)  # the argmax of the softmax
+                continue
+            logits = head_logits(networks, flat).T.reshape(-1, *shape)
             if probabilities_of is not None:
                 classes = lm.apply_inference_nonlin(logits)
                 labels = lm.convert_probabilities_to_segmentation(classes)
                 for i, members in enumerate(probabilities_of):
                     probs[i, rows] = classes[members].sum(0).cpu().numpy()
-            elif lm.has_regions:
-                labels = lm.convert_logits_to_segmentation(logits)
             else:
-                labels = logits.argmax(0)  # the argmax of the softmax
+                labels = lm.convert_logits_to_segmentation(logits)
             yield rows, torch.as_tensor(labels)

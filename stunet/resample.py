@@ -46,18 +46,19 @@ def axis_orders(current_spacing: Sequence[float], new_spacing: Sequence[float], 
 
 def resample_chunks(x: torch.Tensor, new_shape: Sequence[int], orders: Sequence[int],
                     chunk: int = 8) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(output slice along axis 0, resampled chunk)`` of ``x`` (channels, *spatial) at ``new_shape``."""
-    maps = [axis_map(i, o, order, x.device) for i, o, order in zip(x.shape[1:], new_shape, orders)]
-    if tuple(x.shape[1:]) == tuple(new_shape):
+    """Yield ``(output slice along axis 0, resampled chunk)`` of channels-last ``x`` (*spatial, channels) at
+    ``new_shape``."""
+    maps = [axis_map(i, o, order, x.device) for i, o, order in zip(x.shape[:-1], new_shape, orders)]
+    if tuple(x.shape[:-1]) == tuple(new_shape):
         for start in range(0, new_shape[0], chunk):
-            yield slice(start, min(start + chunk, new_shape[0])), x[:, start:start + chunk]
+            yield slice(start, min(start + chunk, new_shape[0])), x[start:start + chunk]
         return
     for start in range(0, new_shape[0], chunk):
         rows = slice(start, min(start + chunk, new_shape[0]))
         lower, upper, weight = (m[rows] for m in maps[0])
-        part = _along(x, 1, lower, upper, weight)
-        for axis, (lo, up, w) in enumerate(maps[1:], start=2):
-            if x.shape[axis] != new_shape[axis - 1]:
+        part = _along(x, 0, lower, upper, weight)
+        for axis, (lo, up, w) in enumerate(maps[1:], start=1):
+            if x.shape[axis] != new_shape[axis]:
                 part = _along(part, axis, lo, up, w)
         yield rows, part
 

@@ -91,8 +91,9 @@ def _labels_both_ways(predictor: Predictor, image: np.ndarray, properties: dict)
     streamed, _ = predictor.predict(data, properties)
     features = predictor.blended_features(data)
     new_shape = properties["shape_after_cropping_and_before_resampling"]
-    direct = predictor._assemble(predictor._resampled_labels(features, new_shape, predictor._orders(properties),
-                                                             None, None), properties, None)
+    direct = predictor._assemble(predictor._resampled_labels([f.movedim(0, -1) for f in features], new_shape,
+                                                             predictor._orders(properties), None, None),
+                                 properties, None)
     return streamed, direct, data
 
 
