@@ -56,12 +56,13 @@ def _case(shape, spacing, border: int = 0, seed: int = 0):
     return image[None], properties
 
 
-@pytest.mark.parametrize("use_mask, border", [(False, 0), (True, 3)])
-def test_preprocessing_matches_nnunets(model, use_mask, border):
-    if use_mask:
-        plans = copy.deepcopy(model.plans)
-        plans["configurations"][CONFIGURATION]["use_mask_for_norm"] = [True]
-        model = Model(model.networks, plans, model.configuration, model.dataset_json)
+@pytest.mark.parametrize("use_mask, border, transpose", [(False, 0, False), (True, 3, False), (False, 2, True)])
+def test_preprocessing_matches_nnunets(model, use_mask, border, transpose):
+    plans = copy.deepcopy(model.plans)
+    plans["configurations"][CONFIGURATION]["use_mask_for_norm"] = [use_mask]
+    if transpose:  # plans of a dataset whose first axis is the anisotropic one
+        plans["transpose_forward"], plans["transpose_backward"] = [2, 0, 1], [1, 2, 0]
+    model = Model(model.networks, plans, model.configuration, model.dataset_json)
     image, properties = _case((30, 50, 44), (0.9, 1.1, 1.3), border)
     data, _, expected = _nnunet_preprocessing(model, image, properties)
     ours, props = preprocess(image.copy(), copy.deepcopy(properties), model.plans_manager,
