@@ -89,21 +89,16 @@ def resampling_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
         weight = coords - lower
         np.add.at(matrix, (rows, lower), 1 - weight)
         np.add.at(matrix, (rows, np.minimum(lower + 1, n_in - 1)), weight)
-    elif order == 3:
-        n = n_in + 2 * _PAD  # edge padding, then the prefilter (mirror boundary) as a truncated symmetric filter
-        offsets = np.arange(-_TAIL, _TAIL + 1)
-        taps = 3 ** 0.5 * _POLE ** np.abs(offsets)
+    elif order == 3:  # taps of the edge-padded signal's spline coefficients, each the prefilter (mirror boundary,
+        n = n_in + 2 * _PAD  # truncated) over the padded signal, whose samples are clamped input samples
         period = 2 * n - 2
-        prefilter = np.zeros((n, n))
-        for offset, tap in zip(offsets, taps):
-            j = np.abs(np.arange(n) + offset) % period
-            np.add.at(prefilter, (np.arange(n), np.where(j >= n, period - j, j)), tap)
-        padded = np.zeros((n, n_in))  # prefilter @ edge padding
-        np.add.at(padded.T, np.clip(np.arange(n) - _PAD, 0, n_in - 1), prefilter.T)
         start = np.floor(coords + _PAD).astype(int) - 1
         weights = _cubic_bspline(coords + _PAD - start - 1)
         for k in range(4):
-            matrix += weights[:, k:k + 1] * padded[start + k]
+            for offset in range(-_TAIL, _TAIL + 1):
+                j = np.abs(start + k + offset) % period
+                column = np.clip(np.where(j >= n, period - j, j) - _PAD, 0, n_in - 1)
+                np.add.at(matrix, (rows, column), weights[:, k] * (3 ** 0.5 * _POLE ** abs(offset)))
     else:
         raise NotImplementedError(f"resampling order {order}: only 0, 1 and 3 are supported")
     return matrix
