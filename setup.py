@@ -52,9 +52,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["stunet", "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
+    packages=["stunet", "stunet.models", "stunet.weights", "stunet.clinical", "stunet.nnunet", "stunet.prediction",
+              "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
-    package_data={"stunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
+    package_data={"stunet.nnunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.8,<2.9",

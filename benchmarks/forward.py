@@ -83,7 +83,7 @@ def _rss() -> int:
 def run_one(spec: dict) -> dict:
     """One configuration, in this (fresh) process."""
     import stunet
-    from stunet.complexity import measure
+    from stunet.models.complexity import measure
     from stunet.cpu_memory import reuse_freed_memory
 
     device = torch.device(spec["device"])
@@ -141,17 +141,17 @@ def _small_at_128(spec: dict):
 
 def pointwise_comparison(spec: dict) -> dict:
     """STU-Net-S's inference forward pass at 128³ with its 1×1×1 convolutions as oneDNN/cuDNN conv3d vs. as batched
-    matmuls (stunet.blocks.pointwise), alternating in one process so that both see the same machine state."""
-    import stunet.blocks
-    import stunet.network
+    matmuls (stunet.models.blocks.pointwise), alternating in one process so that both see the same machine state."""
+    import stunet.models.blocks
+    import stunet.models.network
 
     device, model, x = _small_at_128(spec)
-    implementations = {"conv3d_s": lambda conv, t: conv(t), "pointwise_s": stunet.blocks.pointwise}
+    implementations = {"conv3d_s": lambda conv, t: conv(t), "pointwise_s": stunet.models.blocks.pointwise}
     times = {name: [] for name in implementations}
     with torch.inference_mode():
         for _ in range(spec["repeats"]):
             for name, implementation in implementations.items():
-                stunet.blocks.pointwise = stunet.network.pointwise = implementation
+                stunet.models.blocks.pointwise = stunet.models.network.pointwise = implementation
                 times[name].append(_timed(lambda: model(x), device, 1, 1))
     return {**spec, **{name: statistics.median(t) for name, t in times.items()}}
 

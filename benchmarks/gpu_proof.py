@@ -14,11 +14,11 @@ A. Training step per size. STU-Net S/B/L/H (1 channel, 105 classes, deep supervi
    matter most run first (bf16 + stage checkpointing and fp16 without checkpointing for every size, H with per-block
    checkpointing), then the rest of the grid. Reports the target "STU-Net-H trains at batch 2 × 128³ in 24 GB with
    bf16 and checkpointing" as MET / NOT MET from the measured peak reserved memory.
-B. Real commands. A synthetic dataset (stunet.synthetic), ``nnUNetv2_plan_and_preprocess``, a released-format
+B. Real commands. A synthetic dataset (stunet.nnunet.synthetic), ``nnUNetv2_plan_and_preprocess``, a released-format
    nnU-Net v1 ``.model`` of STU-Net-S (random weights), ``nnUNetv2_train ... -pretrained_weights`` with the fp16 and
    the bf16 fine-tuning trainers, and one ``-num_gpus 1`` run; first/last train loss from nnU-Net's training log.
 C. Prediction. A synthetic whole-body CT (512×512×400 at 0.8 mm) and a 105-class STU-Net-S model folder (random but
-   seeded weights, written by stunet.convert): ``stunet-predict`` vs ``nnUNetv2_predict_from_modelfolder`` (no
+   seeded weights, written by stunet.nnunet.convert): ``stunet-predict`` vs ``nnUNetv2_predict_from_modelfolder`` (no
    mirroring, step 0.5): wall time, peak GPU memory, peak host memory of the process tree, per-label Dice agreement;
    the network alone in tiles/s. STU-Net-L if time remains.
 
@@ -507,7 +507,7 @@ def bin_path(name: str) -> str:
 
 
 def nnunet_environment(root: Path, device: torch.device) -> dict:
-    from stunet.nnunet_env import with_trainer_folder
+    from stunet.nnunet.env import with_trainer_folder
 
     workers = "1" if device.type == "cpu" else str(max(1, min(4, (os.cpu_count() or 2) // 2)))
     env = with_trainer_folder(dict(os.environ))
@@ -554,7 +554,7 @@ def parse_training_log(fold: Path) -> dict:
 
 
 def section_b(report: Report, clock: Clock, device: torch.device, tiny: bool, work: Path) -> None:
-    from stunet.synthetic import write_dataset
+    from stunet.nnunet.synthetic import write_dataset
 
     root = work / "nnunet"
     env = nnunet_environment(root, device)
@@ -651,10 +651,10 @@ def synthetic_ct(path: Path, shape, spacing: float = 0.8, seed: int = 0) -> Path
 
 def model_folder(work: Path, model: str, patch=None) -> Path:
     """A 105-class model folder (plans.json, dataset.json, fold_all/) of a released-layout network with seeded
-    random weights whose heads are sharpened, written by stunet.convert as stunet-convert does; ``patch`` replaces
+    random weights whose heads are sharpened, written by stunet.nnunet.convert as stunet-convert does; ``patch`` replaces
     the plans' 128³ tiles (tiny runs)."""
-    from stunet.checkpoint import load_checkpoint
-    from stunet.convert import write_model_folder
+    from stunet.weights.checkpoint import load_checkpoint
+    from stunet.nnunet.convert import write_model_folder
 
     folder = work / f"model_{model}"
     if not (folder / "fold_all" / "checkpoint_final.pth").is_file():
@@ -741,7 +741,7 @@ def predict_item(kind: str, folder: Path, inputs: Path, out: Path, device: torch
 def agreement_item(a: Path, b: Path) -> dict:
     import SimpleITK as sitk
 
-    from stunet.synthetic import dice_per_label
+    from stunet.nnunet.synthetic import dice_per_label
 
     x = sitk.GetArrayFromImage(sitk.ReadImage(str(a)))
     y = sitk.GetArrayFromImage(sitk.ReadImage(str(b)))
@@ -777,7 +777,7 @@ def section_c(report: Report, clock: Clock, device: torch.device, tiny: bool, wo
             start = time.perf_counter()
             state[model] = model_folder(work, model, TINY_PATCH if tiny else None)
             return {"value": f"{time.perf_counter() - start:.1f}", "unit": "s",
-                    "details": f"{state[model].name}: stunet.convert.write_model_folder of a released-layout "
+                    "details": f"{state[model].name}: stunet.nnunet.convert.write_model_folder of a released-layout "
                                f"checkpoint (105 classes, seeded random weights, heads x20)"
                                + (f"; tiles {'x'.join(map(str, TINY_PATCH))} instead of 128³" if tiny else "")}
         return run

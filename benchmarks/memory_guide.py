@@ -2,7 +2,7 @@
 
     python benchmarks/memory_guide.py      # seconds; writes results/memory_guide.md
 
-Estimated training memory: stunet.complexity.Complexity.gpu_training_bytes (the model stunet-plans sizes patches and
+Estimated training memory: stunet.models.complexity.Complexity.gpu_training_bytes (the model stunet-plans sizes patches and
 batches with) = batch × stored activations (counted on the meta device) × 0.5 for mixed precision + 12 bytes per
 parameter (fp32 weights, gradients, SGD momentum) + 1.5 GiB for the CUDA context, cuDNN workspaces and allocator
 slack. Not measurements: check them with benchmarks/gpu_proof.py on a GPU.
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import stunet
-from stunet.complexity import measure
+from stunet.models.complexity import measure
 
 GIB = 2 ** 30
 GPUS = (12, 24, 40, 80)

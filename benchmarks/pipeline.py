@@ -62,7 +62,7 @@ def phases(log: Path) -> dict[str, float]:
 
 def pruned_model_folder(checkpoint: Path, classes: list[int], folder: Path) -> Path:
     """An nnU-Net model folder of the fitted S keeping only ``classes`` (0 first) in its heads."""
-    from stunet.inference import load_pretrained
+    from stunet.prediction.model import load_pretrained
 
     model = load_pretrained("stunet_small.totalseg104", checkpoint)
     network = model.networks[0]

@@ -51,9 +51,10 @@ def fit_weights(image: Path, reference: Path, out: Path, iterations: int) -> Pat
     """A 105-class STU-Net-S fitted to one CT (labels above 104 dropped), saved like a released .model."""
     import stunet
     from stunet.cpu_memory import reuse_freed_memory
-    from stunet.inference import Model, Predictor
-    from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
-    from stunet.pretrained import get_pretrained_config
+    from stunet.prediction.model import Model
+    from stunet.prediction.sliding_window import Predictor
+    from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
+    from stunet.weights.pretrained import get_pretrained_config
 
     reuse_freed_memory()
     config = get_pretrained_config("stunet_small.totalseg104")

@@ -1,1 +1,1 @@
-"""Declarative configs of the released models (one JSON file each), read by stunet.pretrained."""
+"""Declarative configs of the released models (one JSON file each), read by stunet.weights.pretrained."""

@@ -1,8 +1,9 @@
 """Scalable residual U-Nets (STU-Net, 14M to 1.4B parameters) for nnU-Net v2."""
-from stunet.config import STUNetConfig
-from stunet.network import STUNet
-from stunet.registry import create_model, list_models, register_model
-from stunet import presets  # noqa: F401  (registers the presets)
+from stunet.models.config import STUNetConfig
+from stunet.models.network import STUNet
+from stunet.weights.factory import create_model
+from stunet.models.registry import list_models, register_model
+from stunet.models import presets  # noqa: F401  (registers the presets)
 
 __version__ = "0.1.0"
 __all__ = ["STUNet", "STUNetConfig", "Segmenter", "create_model", "list_models", "register_model", "__version__"]
@@ -10,7 +11,7 @@ __all__ = ["STUNet", "STUNetConfig", "Segmenter", "create_model", "list_models",
 
 def __getattr__(name):  # stunet.Segmenter without importing nnU-Net's inference on every ``import stunet``
     if name == "Segmenter":
-        from stunet.segmenter import Segmenter
+        from stunet.prediction.segmenter import Segmenter
         return Segmenter
     raise AttributeError(f"module 'stunet' has no attribute {name!r}")
 

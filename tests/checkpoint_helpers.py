@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stunet.checkpoint import Checkpoint
-from stunet.convert import write_safetensors
+from stunet.weights.checkpoint import Checkpoint
+from stunet.nnunet.convert import write_safetensors
 
 V1_PLANS = {"num_classes": 104, "plans_per_stage": {0: {
     "patch_size": np.array([128, 128, 128]), "current_spacing": np.array([1.5, 1.5, 1.5]),

@@ -26,7 +26,7 @@ def planned_dataset(tmp_path_factory):
     """A synthetic dataset (10 training, 2 held-out cases of 24×32×32 voxels) planned and preprocessed by nnU-Net for
     2d and 3d_fullres: ``(root, dataset folder, environment for nnU-Net's commands)``."""
     from nnunet_helpers import nnunet_env, run
-    from stunet.synthetic import write_dataset
+    from stunet.nnunet.synthetic import write_dataset
 
     root = tmp_path_factory.mktemp("nnunet")
     folder = write_dataset(root / "raw", dataset_id=990, num_train=10, num_test=2, shape=(24, 32, 32))

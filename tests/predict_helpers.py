@@ -12,10 +12,10 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from stunet.nnunet_plans import CONFIGURATION, plans_for_pretrained
+from stunet.nnunet.plans import CONFIGURATION, plans_for_pretrained
 from stunet.nnunet_plugins.stunet_trainers import STUNetTrainer_small
-from stunet.pretrained import get_pretrained_config
-from stunet.synthetic import _rotation, make_case
+from stunet.weights.pretrained import get_pretrained_config
+from stunet.nnunet.synthetic import _rotation, make_case
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4}
 
@@ -52,7 +52,8 @@ def make_model_folder(folder: Path, channels: int = 1, labels: dict = LABELS, se
 
 def _mean_logits(folder: Path, channels: int) -> torch.Tensor:
     """Each class's mean logit over a synthetic case (not one of write_cases'), predicted without mirroring."""
-    from stunet.inference import Predictor, load_model_folder
+    from stunet.prediction.sliding_window import Predictor
+    from stunet.prediction.model import load_model_folder
 
     model = load_model_folder(folder)
     predictor = Predictor(model, "cpu", mirroring=False)

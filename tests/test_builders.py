@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import stunet
-from stunet.blocks import ResidualBlock, UpsampleConv
-from stunet.complexity import measure
+from stunet.models.blocks import ResidualBlock, UpsampleConv
+from stunet.models.complexity import measure
 
 TINY = dict(depths=[1, 2, 1], widths=[4, 8, 8])
 
@@ -152,7 +152,7 @@ def small_model():
 @pytest.mark.parametrize("dims", [2, 3])
 def test_pointwise_fast_path_equals_the_convolution(dims):
     """Without hooks the 1×1 convolutions run as matrix products (not through the module) with conv(x)'s result."""
-    from stunet.blocks import pointwise
+    from stunet.models.blocks import pointwise
 
     torch.manual_seed(0)
     conv_class = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d

@@ -12,8 +12,10 @@ import torch
 
 import stunet
 from checkpoint_helpers import SUFFIX, WRITERS, write_v1
-from stunet.checkpoint import CheckpointError, load_checkpoint, read_pickle
-from stunet.config import STUNetConfig
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.safe_load import read_pickle
+from stunet.models.config import STUNetConfig
 
 RELEASED_STRIDES = [[2, 2, 2]] * 4 + [[1, 1, 2]]
 
@@ -183,9 +185,8 @@ def test_a_missing_or_misshapen_tensor_is_one_line_naming_file_and_tensor(small_
 
 
 def test_a_second_release_of_a_size_is_supported_and_ambiguity_is_named(small_105, tmp_path):
-    from stunet.convert import nnunet_v2_parts
-    from stunet.pretrained import (get_pretrained_config, register_pretrained_config, released_config_for,
-                                   unregister_pretrained_config)
+    from stunet.nnunet.convert import nnunet_v2_parts
+    from stunet.weights.pretrained import (get_pretrained_config, register_pretrained_config, released_config_for, unregister_pretrained_config)
 
     base = get_pretrained_config("stunet_small.totalseg104")
     fixture = {"name": "stunet_small.organs3", "model": "stunet_small", "description": "a fixture release",

@@ -14,9 +14,9 @@ from predict_helpers import make_model_folder
 
 pytest.importorskip("highdicom")
 
-from stunet.dicom import DicomError, read_dicom  # noqa: E402
-from stunet.dicom_seg import read_dicom_seg, write_dicom_seg  # noqa: E402
-from stunet.segmenter import Segmenter  # noqa: E402
+from stunet.clinical.dicom import DicomError, read_dicom  # noqa: E402
+from stunet.clinical.dicom_seg import read_dicom_seg, write_dicom_seg  # noqa: E402
+from stunet.prediction.segmenter import Segmenter  # noqa: E402
 
 NAMES = {0: "background", 1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}
 

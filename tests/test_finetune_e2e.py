@@ -5,7 +5,7 @@ import torch
 import stunet
 from checkpoint_helpers import write_v1
 from nnunet_helpers import run
-from stunet.checkpoint import load_checkpoint
+from stunet.weights.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,16 @@ import torch
 
 from checkpoint_helpers import write_v1, write_v2
 from hostile_helpers import corpus, image_corpus, torch_zip, weights
-from stunet.cases import Case, CaseError, VoxelBudget, check_data_size, check_files, max_voxels
-from stunet.checkpoint import CheckpointError, load_checkpoint, plain_data, read_pickle
-from stunet.pickle_guard import Limits, PickleRefused, inspect_pickle
+from stunet.prediction.discovery import Case
+from stunet.errors import CaseError
+from stunet.prediction.budget import VoxelBudget, max_voxels
+from stunet.prediction.headers import check_data_size
+from stunet.prediction.checks import check_files
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.plain import plain_data
+from stunet.weights.safe_load import read_pickle
+from stunet.weights.pickle_guard import Limits, PickleRefused, inspect_pickle
 
 TESTS = Path(__file__).resolve().parent
 
@@ -77,7 +84,8 @@ def test_crafted_files_cost_neither_memory_nor_a_crash(hostile, tmp_path):
     script = f"""
 import json, resource, sys
 sys.path.insert(0, {str(TESTS)!r})
-from stunet.checkpoint import CheckpointError, load_checkpoint
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import load_checkpoint
 from checkpoint_helpers import write_v2
 import torch
 load_checkpoint(write_v2({{"w": torch.zeros(4)}}, __import__("pathlib").Path({str(tmp_path / 'warm.pth')!r})))
@@ -190,7 +198,7 @@ def bad_images(tmp_path_factory):
 
 
 def _case(path: Path):
-    from stunet.cases import _split
+    from stunet.prediction.discovery import _split
 
     return Case(path.name, [path], _split(path)[1])
 
@@ -399,7 +407,7 @@ def test_predict_refuses_a_folder_of_other_labels_and_colliding_inputs(small_mod
     shutil.copy(source, folder / "a.nii.gz")
     shutil.copy(source, folder / "a_0000.nii.gz")
     shutil.copy(source, folder / "b_0000.nii.gz")
-    from stunet.cases import find_cases
+    from stunet.prediction.discovery import find_cases
 
     cases = find_cases(folder, 1)
     assert [c.name for c in cases if c.problem] == ["a", "a"]
@@ -475,8 +483,8 @@ def test_pretrained_weights_of_a_trainer_fail_in_one_line(hostile):
     run with one line naming it (SystemExit), before any weight is touched."""
     import nnunetv2.run.run_training as run_training
 
-    from stunet.finetune import route_pretrained_loading
-    from stunet.nnunet_trainer import STUNetTrainer
+    from stunet.nnunet.finetune import route_pretrained_loading
+    from stunet.nnunet.trainer import STUNetTrainer
 
     class Trainer:  # what the loader uses of a trainer before the checkpoint is read
         stunet_options = {"trust_checkpoint": (False, "default")}

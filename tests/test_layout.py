@@ -27,9 +27,9 @@ RELEASED = ["stunet_base.brats21", "stunet_base.ct_org", "stunet_base.feta21", "
 PROBE = r"""
 import importlib, importlib.util, json, os, sys
 import stunet
-from stunet.pretrained import list_pretrained
+from stunet.weights.pretrained import list_pretrained
 import stunet.nnunet_plugins.stunet_trainers as trainers
-from stunet.nnunet_env import trainer_folder
+from stunet.nnunet.env import trainer_folder
 ext = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
 # nnU-Net imports the modules of each nnUNet_extTrainer folder as top-level modules, with the folder on sys.path
 sys.path.insert(0, ext[0])

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_helpers import assert_same_geometry, run
-from stunet.synthetic import dice_per_label
+from stunet.nnunet.synthetic import dice_per_label
 
 DATASET = 990
 

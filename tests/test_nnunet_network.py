@@ -11,7 +11,7 @@ import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-from stunet.nnunet_network import build_for_configuration, deep_supervision_scales, strides_for_plans
+from stunet.nnunet.network import build_for_configuration, deep_supervision_scales, strides_for_plans
 from stunet.nnunet_plugins import stunet_trainers
 
 SIZES = ["small", "base", "large", "huge"]

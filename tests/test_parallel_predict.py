@@ -10,8 +10,8 @@ import pytest
 
 from nnunet_helpers import BIN
 from predict_helpers import labels_of, make_model_folder, write_cases
-from stunet.claims import Claims
-from stunet.parts import Part, choose_part, local_device
+from stunet.prediction.claims import Claims
+from stunet.prediction.parts import Part, choose_part, local_device
 
 PREDICTED = re.compile(r"stunet-predict: (\d+) predicted, (\d+) skipped")
 

@@ -1,4 +1,4 @@
-"""The prediction pipeline around the network (stunet.preprocessing, stunet.resample, stunet.export): the same results
+"""The prediction pipeline around the network (stunet.prediction.preprocessing, stunet.prediction.resample, stunet.prediction.export): the same results
 as nnU-Net's steps, computed in less time and memory. The speed and memory figures are in benchmarks/pipeline.py."""
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from nnunetv2.preprocessing.resampling.default_resampling import resample_data_o
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from predict_helpers import LABELS, make_model_folder
-from stunet.inference import Model, Predictor, load_model_folder
-from stunet.nnunet_network import build_from_plans
-from stunet.nnunet_plans import CONFIGURATION
-from stunet.preprocessing import preprocess, supported
-from stunet.resample import resample_image
-from stunet.synthetic import make_case
+from stunet.prediction.model import Model, load_model_folder
+from stunet.prediction.sliding_window import Predictor
+from stunet.nnunet.network import build_from_plans
+from stunet.nnunet.plans import CONFIGURATION
+from stunet.prediction.preprocessing import preprocess, supported
+from stunet.prediction.resample import resample_image
+from stunet.nnunet.synthetic import make_case
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_two_dimensional_configuration(model):
 
 def test_segmenter_frees_the_image_it_was_given(model, tmp_path):
     """stunet-predict's path: preprocessing normalises the reader's array in place (no copy of the image)."""
-    from stunet.segmenter import Segmenter
+    from stunet.prediction.segmenter import Segmenter
 
     segmenter = Segmenter(model=model, device="cpu", mirroring=False)
     image, properties = _case((20, 30, 30), (1.5, 1.5, 1.5), seed=4)
@@ -180,11 +181,14 @@ def test_a_written_image_round_trips_through_the_reader(model, tmp_path):
 
 
 def test_an_image_larger_than_memory_is_refused_early_with_the_estimate(model, tmp_path, monkeypatch):
-    """The estimate (stunet.memory_estimate) against the memory available, before the image is read; a budget the
+    """The estimate (stunet.models.memory) against the memory available, before the image is read; a budget the
     user sets skips it."""
     import stunet.cases as cases
-    from stunet.cases import Case, CaseError, VoxelBudget, check_files
-    from stunet.memory_estimate import PredictionMemory
+    from stunet.prediction.discovery import Case
+    from stunet.errors import CaseError
+    from stunet.prediction.budget import VoxelBudget
+    from stunet.prediction.checks import check_files
+    from stunet.models.memory import PredictionMemory
 
     released_small = PredictionMemory(channels=1, widths=[16], patch=[128, 128, 128])
     whole_body = released_small.estimate([600, 512, 512], [320, 273, 273])

@@ -1,4 +1,4 @@
-"""STU-Net plans (stunet-plans, stunet.nnunet_planner): the architecture lives in the plans, nnU-Net's own
+"""STU-Net plans (stunet-plans, stunet.nnunet.planner): the architecture lives in the plans, nnU-Net's own
 get_network_from_plans builds it, the stock nnUNetTrainer trains it and nnUNetv2_predict predicts with it."""
 import json
 import pickle
@@ -13,10 +13,10 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_helpers import assert_same_geometry, run
-from stunet.nnunet_network import NETWORK_CLASS_NAME, architecture_for_plans
-from stunet.nnunet_planner import PLANNERS
+from stunet.nnunet.network import NETWORK_CLASS_NAME, architecture_for_plans
+from stunet.nnunet.planner import PLANNERS
 from stunet.nnunet_plugins import stunet_trainers
-from stunet.network import STUNet
+from stunet.models.network import STUNet
 
 GIB = 2 ** 30
 

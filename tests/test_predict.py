@@ -225,7 +225,8 @@ def test_interrupted_write_leaves_no_output(model, predicted, tmp_path, monkeypa
 def test_bf16_precision_runs_the_network_in_bfloat16(model):
     """--precision bf16 (for CPUs with native bfloat16, and GPUs): the convolutions run in bfloat16 under autocast and
     the blended features stay close to float32's. One tile, no mirroring: bfloat16 is emulated, and slow, here."""
-    from stunet.inference import Predictor, load_model_folder
+    from stunet.prediction.sliding_window import Predictor
+    from stunet.prediction.model import load_model_folder
 
     loaded = load_model_folder(model)
     dtypes = []

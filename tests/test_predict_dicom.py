@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from dicom_helpers import write_series
 from predict_helpers import LABELS, labels_of, make_model_folder, predict, write_image
-from stunet.synthetic import make_case
+from stunet.nnunet.synthetic import make_case
 
 pytest.importorskip("highdicom")
 
@@ -24,8 +24,8 @@ def model(tmp_path_factory):
 
 
 def test_dicom_series_to_nifti_seg_statistics_preview(model, tmp_path):
-    from stunet.dicom import read_dicom
-    from stunet.dicom_seg import read_dicom_seg
+    from stunet.clinical.dicom import read_dicom
+    from stunet.clinical.dicom_seg import read_dicom_seg
 
     rng = np.random.default_rng(7)
     volume = (rng.normal(0, 200, (12, 28, 30)) - 300).astype(np.int16)

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 import stunet
 from nnunet_helpers import run
-from stunet.synthetic import make_case
-from stunet.totalseg import label_order
+from stunet.nnunet.synthetic import make_case
+from stunet.nnunet.totalseg import label_order
 
 V2 = label_order("totalseg_v2_117")
 CROP = (slice(0, 30), slice(20, 80), slice(30, 90))  # z, y, x of the example CT: 60 x 60 x 30 voxels at 3 mm

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import stunet
-from stunet.complexity import measure
-from stunet.config import STUNetConfig
+from stunet.models.complexity import measure
+from stunet.models.config import STUNetConfig
 
 PRESETS = ["small", "base", "large", "huge"]
 

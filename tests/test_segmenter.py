@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 import stunet
 from predict_helpers import labels_of, make_model_folder, predict, write_image
-from stunet.synthetic import make_case
+from stunet.nnunet.synthetic import make_case
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from stunet.preview import SIZE, colour, write_preview
-from stunet.statistics import csv_rows, csv_text, label_statistics
+from stunet.clinical.preview import SIZE, colour, write_preview
+from stunet.clinical.statistics import csv_rows, csv_text, label_statistics
 
 
 def test_statistics_by_hand():
@@ -47,7 +47,7 @@ def test_nifti_carries_label_names(tmp_path):
     import nibabel as nib
     import SimpleITK as sitk
 
-    from stunet.outputs import describe_nifti
+    from stunet.prediction.outputs import describe_nifti
 
     image = sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3)
     image.SetSpacing((0.5, 0.7, 2.0))

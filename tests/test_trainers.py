@@ -8,15 +8,14 @@ import torch
 from torch import nn
 
 import stunet
-from stunet.nnunet_env import trainer_folder
+from stunet.nnunet.env import trainer_folder
 from stunet.nnunet_plugins import stunet_trainers
-from stunet.nnunet_trainer import (FineTune, MirroringOnly, STUNetTrainer, describe_trainer, render_trainer_module,
-                                   trainer_variants)
+from stunet.nnunet.trainer import (FineTune, MirroringOnly, STUNetTrainer, describe_trainer, render_trainer_module, trainer_variants)
 
 
 def test_the_committed_trainer_module_lists_every_name_of_the_grammar():
     committed = (trainer_folder() / "stunet_trainers.py").read_text()
-    assert committed == render_trainer_module(), "run: python -m stunet.nnunet_trainer > nnunet_plugins/stunet_trainers.py"
+    assert committed == render_trainer_module(), "run: python -m stunet.nnunet.trainer > nnunet_plugins/stunet_trainers.py"
     names = [name for name, _, _ in trainer_variants()]
     assert len(names) == len(set(names)) == 320
     for name in names:
@@ -49,10 +48,10 @@ def test_options_come_from_name_and_plans_and_the_environment_only_overrides(mon
                      "STUNET_TRUST_CHECKPOINT"):
         monkeypatch.delenv(variable, raising=False)
     trainer_class = stunet_trainers.STUNetTrainer_small_bf16
-    plans = {"architecture": {"network_class_name": "stunet.nnunet_network.STUNetFromPlans",
+    plans = {"architecture": {"network_class_name": "stunet.nnunet.network.STUNetFromPlans",
                               "arch_kwargs": {"activation_checkpointing": "block"}}, "stunet_label_map": "amos22"}
     fake = _fake_trainer(trainer_class, plans)
-    fake.configuration_manager.network_arch_class_name = "stunet.nnunet_network.STUNetFromPlans"
+    fake.configuration_manager.network_arch_class_name = "stunet.nnunet.network.STUNetFromPlans"
     options = STUNetTrainer._options(fake)
     assert options["precision"] == ("bf16", "trainer STUNetTrainer_small_bf16") and options["activation_checkpointing"] == ("block", "plans")
     assert options["label_map"] == ("amos22", "plans") and options["trust_checkpoint"] == (False, "default")
@@ -85,7 +84,7 @@ class _Stock(nn.Module):
 
 def test_pretrained_weights_dispatch_leaves_other_trainers_on_nnunets_loader(tmp_path):
     import nnunetv2.run.run_training as run_training
-    from stunet.finetune import route_pretrained_loading
+    from stunet.nnunet.finetune import route_pretrained_loading
 
     calls = []
 
@@ -112,7 +111,7 @@ def test_pretrained_weights_dispatch_leaves_other_trainers_on_nnunets_loader(tmp
     assert torch.equal(target.layer.weight, source.layer.weight) and calls == ["weights.model"]
     del ours, trainer
     gc.collect()
-    from stunet.finetune import _TRAINERS
+    from stunet.nnunet.finetune import _TRAINERS
     assert len(_TRAINERS) == 0  # registered weakly: no network outlives its trainer here
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import stunet
-from stunet.finetune import PolyLRPerGroup, parameter_groups
-from stunet.pretrained import get_pretrained_config
-from stunet.transfer import IncompatibleWeightsError, transfer_weights
+from stunet.nnunet.finetune import PolyLRPerGroup, parameter_groups
+from stunet.weights.pretrained import get_pretrained_config
+from stunet.weights.transfer import IncompatibleWeightsError, transfer_weights
 
 TINY = dict(depths=[1, 2, 1], widths=[4, 8, 8], strides=[2, 2])
 TOTALSEG = get_pretrained_config("stunet_small.totalseg104").labels

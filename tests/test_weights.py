@@ -1,4 +1,4 @@
-"""Released weights on demand (stunet.weights, stunet-download): first download from a local stand-in for the Hugging
+"""Released weights on demand (stunet.weights.hub, stunet-download): first download from a local stand-in for the Hugging
 Face Hub, reuse offline, checksum refusal and record, resumed and interrupted transfers, companion files, the user's
 file winning over the cache, the downstream zoo entries completed from their companion plans."""
 import json
@@ -16,9 +16,10 @@ import torch
 import stunet
 from checkpoint_helpers import write_v1
 from hub_helpers import FakeHub
-from stunet.checkpoint import CheckpointError, load_checkpoint
-from stunet.pretrained import get_pretrained_config, register_pretrained_config, unregister_pretrained_config
-from stunet.weights import WeightsError, cached_path, record_file, verify_cached, weights_path
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.pretrained import get_pretrained_config, register_pretrained_config, unregister_pretrained_config
+from stunet.weights.hub import WeightsError, cached_path, record_file, verify_cached, weights_path
 
 BIN = Path(sys.executable).parent
 REPO = "test/stunet-tiny"
@@ -91,7 +92,7 @@ def run(command, env, check=True):
 
 # -- first download, cache, offline --------------------------------------------------------------------------------
 def test_first_use_downloads_then_the_cache_is_reused_offline(hub, release, tmp_path, monkeypatch):
-    path = weights_path(TINY)
+    path = weights_path(get_pretrained_config(TINY))
     assert path.read_bytes() == release[0] and str(path).startswith(str(tmp_path / "cache"))
     assert path.with_name("tiny.model.pkl").read_bytes() == release[1]  # the companion beside it
     record = json.loads(record_file({"hub": REPO}).read_text())["tiny.model"]
@@ -99,7 +100,7 @@ def test_first_use_downloads_then_the_cache_is_reused_offline(hub, release, tmp_
     assert hub.downloads("tiny.model") == 1
 
     served = go_offline(hub, monkeypatch)
-    assert weights_path(TINY) == path
+    assert weights_path(get_pretrained_config(TINY)) == path
     model = stunet.create_model(TINY, pretrained=True)
     state = load_checkpoint(path).state_dict
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
@@ -108,7 +109,7 @@ def test_first_use_downloads_then_the_cache_is_reused_offline(hub, release, tmp_
 
 
 def test_a_cached_model_loads_with_the_network_on_too_without_asking_it(hub, release):
-    weights_path(TINY)
+    weights_path(get_pretrained_config(TINY))
     before = len(hub.requests)
     stunet.create_model(TINY, pretrained=True)
     assert len(hub.requests) == before
@@ -146,7 +147,7 @@ def test_a_file_of_another_class_count_is_not_taken_for_the_release(release, tmp
 # -- checksums -------------------------------------------------------------------------------------------------------
 def test_a_file_other_than_the_known_checksum_is_refused_and_never_loaded(hub, monkeypatch):
     """The shipped STU-Net-S config has the published SHA-256: a fabricated file on the Hub is refused."""
-    from stunet import pretrained
+    from stunet.weights import pretrained
     hub.add("ziyanhuang/STU-Net", "small_ep4k.model", b"not the released weights")
     loaded = []
     monkeypatch.setattr(pretrained, "load_checkpoint", lambda *a, **k: loaded.append(a))
@@ -160,7 +161,7 @@ def test_a_file_other_than_the_known_checksum_is_refused_and_never_loaded(hub, m
     assert "Hub ziyanhuang/STU-Net/small_ep4k.model" in message and "refused, not loaded" in message
     assert not loaded
     with pytest.raises(WeightsError, match="refused"):  # and again from the cache, without a download
-        weights_path("stunet_small.totalseg104")
+        weights_path(get_pretrained_config("stunet_small.totalseg104"))
     assert hub.downloads("small_ep4k.model") == 1
 
 
@@ -171,7 +172,7 @@ def test_a_known_checksum_that_matches_is_accepted(hub, release, tmp_path):
     try:
         hub.add("test/tinysum", "tiny.model", release[0])
         hub.add("test/tinysum", "tiny.model.pkl", release[1])
-        assert weights_path("stunet_small.tinysum").read_bytes() == release[0]
+        assert weights_path(get_pretrained_config("stunet_small.tinysum")).read_bytes() == release[0]
         assert json.loads(record_file({"hub": "test/tinysum"}).read_text())["tiny.model"]["checked_against"] == \
             "config"
     finally:
@@ -179,7 +180,7 @@ def test_a_known_checksum_that_matches_is_accepted(hub, release, tmp_path):
 
 
 def test_the_recorded_checksum_catches_a_changed_file(hub, release):
-    path = weights_path(TINY)
+    path = weights_path(get_pretrained_config(TINY))
     config = get_pretrained_config(TINY)
     assert verify_cached(config).checksum == "recorded"
     with open(path.resolve(), "ab") as f:
@@ -189,7 +190,7 @@ def test_the_recorded_checksum_catches_a_changed_file(hub, release):
     assert "\n" not in str(error.value)
     assert verify_cached(config).checksum == "mismatch"
     # --force fetches it again, and the record still holds the first download's hash
-    assert weights_path(TINY, force=True).read_bytes() == release[0]
+    assert weights_path(get_pretrained_config(TINY), force=True).read_bytes() == release[0]
     assert verify_cached(config).checksum == "recorded"
 
 
@@ -205,7 +206,7 @@ def big_file(hub) -> bytes:
 
 def test_a_dropped_connection_is_resumed_where_it_broke(hub):
     data = big_file(hub)
-    assert weights_path(TINY).read_bytes() == data
+    assert weights_path(get_pretrained_config(TINY)).read_bytes() == data
     ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith("/tiny.model") and r]
     assert ranges == [f"bytes={10 << 20}-"]
 
@@ -214,52 +215,52 @@ def test_an_interrupted_download_leaves_no_usable_file(hub, tmp_path):
     data = big_file(hub)
     hub.refuse_ranges = True  # the transfer breaks and cannot resume
     with pytest.raises(WeightsError) as error:
-        weights_path(TINY)
+        weights_path(get_pretrained_config(TINY))
     assert "could not be downloaded" in str(error.value) and "\n" not in str(error.value)
     assert cached_path(get_pretrained_config(TINY)) is None
     blobs = list((tmp_path / "cache").glob("models--*/blobs/*"))
     assert blobs == [], blobs  # no partial file under any name
     with pytest.raises(WeightsError, match="not in the cache"):
-        weights_path(TINY, download=False)
+        weights_path(get_pretrained_config(TINY), download=False)
     hub.drop_after, hub.refuse_ranges = None, False  # the network is back
-    assert weights_path(TINY).read_bytes() == data
+    assert weights_path(get_pretrained_config(TINY)).read_bytes() == data
 
 
 def test_a_companion_missing_on_the_hub_is_a_warning(hub, release):
     del hub.files[(REPO, "tiny.model.pkl")]
     with pytest.warns(UserWarning, match="tiny.model.pkl is not on the Hub"):
-        path = weights_path(TINY)
+        path = weights_path(get_pretrained_config(TINY))
     assert path.read_bytes() == release[0] and not path.with_name("tiny.model.pkl").exists()
     before = len(hub.requests)
-    weights_path(TINY)  # cached: no second look for the companion
+    weights_path(get_pretrained_config(TINY))  # cached: no second look for the companion
     assert len(hub.requests) == before
 
 
 def test_stunet_download_fetches_a_companion_the_first_download_missed(hub, release):
-    path = weights_path(TINY)
+    path = weights_path(get_pretrained_config(TINY))
     path.with_name("tiny.model.pkl").unlink()  # as if its download had failed
-    weights_path(TINY)  # a load does not go looking for it
+    weights_path(get_pretrained_config(TINY))  # a load does not go looking for it
     assert not path.with_name("tiny.model.pkl").exists()
-    weights_path(TINY, fetch_companion=True)  # stunet-download does
+    weights_path(get_pretrained_config(TINY), fetch_companion=True)  # stunet-download does
     assert path.with_name("tiny.model.pkl").read_bytes() == release[1]
 
 
 def test_a_read_only_cache_still_loads_and_still_refuses(hub, release, monkeypatch):
-    from stunet import weights
-    path = weights_path(TINY)
+    from stunet.weights import hub as weights
+    path = weights_path(get_pretrained_config(TINY))
     os.utime(path.resolve(), ns=(1, 1))  # a copy with another modification time: re-hashed at the next load
     monkeypatch.setattr(weights, "_write_records", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
     with pytest.warns(UserWarning, match="could not write the checksum record"):
-        assert weights_path(TINY) == path
+        assert weights_path(get_pretrained_config(TINY)) == path
     with open(path.resolve(), "ab") as f:
         f.write(b"x")
     with pytest.raises(WeightsError, match="its first download"):
-        weights_path(TINY)
+        weights_path(get_pretrained_config(TINY))
 
 
 def test_nnunet_trainer_names_a_path_that_is_neither_file_nor_release():
     import types
-    from stunet.nnunet_trainer import STUNetTrainer
+    from stunet.nnunet.trainer import STUNetTrainer
     with pytest.raises(CheckpointError, match="nope.model: no such checkpoint file, nor the name of a released model "
                                               r"\(stunet_base.brats21, "):
         STUNetTrainer.load_pretrained_weights(types.SimpleNamespace(), "nope.model")
@@ -297,7 +298,7 @@ def test_downstream_entries_state_what_is_known_and_mark_the_rest():
 
 
 def test_unknown_values_are_filled_from_the_companion_plans():
-    from stunet.nnunet_plans import dataset_json_for_pretrained, plans_for_pretrained
+    from stunet.nnunet.plans import dataset_json_for_pretrained, plans_for_pretrained
     ct_org = get_pretrained_config("stunet_base.ct_org")
     done = ct_org.completed(v1_plans(1, 7, ["CT"], transpose=(2, 0, 1), modalities={0: "CT"}))
     assert done.unknown == () and done.architecture["strides"] == [[2, 2, 2]] * 4 + [[1, 2, 2]]
@@ -351,7 +352,7 @@ def test_brats21_from_the_hub_predicts_four_channel_cases(hub, release, tmp_path
     assert labels == {"0": "background", "1": "class_1", "2": "class_2", "3": "class_3", "4": "class_4"}
     assert (tmp_path / "cache" / "models--blueyo0--STU-Net_BraTS21" / "stunet-checksums.json").is_file()
     # stunet-convert's parts: completed from the companion, refused in one line without it
-    from stunet.convert import nnunet_v2_parts
+    from stunet.nnunet.convert import nnunet_v2_parts
     _, plans, dataset_json = nnunet_v2_parts(load_checkpoint(served))
     assert dataset_json["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
@@ -373,7 +374,7 @@ def test_stunet_plans_refuses_a_release_whose_preprocessing_is_unknown(tmp_path,
 
 
 def test_without_the_companion_unknown_preprocessing_is_one_line(release, tmp_path):
-    from stunet.inference import load_pretrained
+    from stunet.prediction.model import load_pretrained
     config = tiny_config("stunet_small.tinyunknown")
     config["architecture"]["strides"] = config["preprocessing"]["spacing"] = "unknown"
     register_pretrained_config(config)

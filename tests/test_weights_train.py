@@ -10,8 +10,8 @@ import stunet
 from checkpoint_helpers import write_v1
 from hub_helpers import FakeHub
 from nnunet_helpers import run
-from stunet.checkpoint import load_checkpoint
-from stunet.pretrained import get_pretrained_config
+from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.pretrained import get_pretrained_config
 
 NAME = "stunet_small.hubtest"
 

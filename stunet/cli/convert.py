@@ -3,10 +3,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.checkpoint import CheckpointError, load_checkpoint
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import load_checkpoint
 from stunet.cli.errors import cli_entry
-from stunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
-from stunet.pretrained import list_pretrained
+from stunet.nnunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
+from stunet.weights.pretrained import list_pretrained
 
 EPILOG = """OUT decides the format:
   *.pth           an nnU-Net v2 checkpoint (checkpoint_final.pth layout; -pretrained_weights takes it)

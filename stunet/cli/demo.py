@@ -20,8 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from stunet.nnunet_env import with_trainer_folder
-from stunet.synthetic import LABELS, dice_per_label, write_dataset
+from stunet.nnunet.env import with_trainer_folder
+from stunet.nnunet.synthetic import LABELS, dice_per_label, write_dataset
 
 DATASET_ID = 990
 

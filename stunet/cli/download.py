@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from stunet.cli.errors import cli_entry
-from stunet.pretrained import get_pretrained_config, list_pretrained
+from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
   stunet-download stunet_base.totalseg104          # into the cache, then reused offline
@@ -65,8 +65,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.cache_dir:
         os.environ["STUNET_HOME"] = str(args.cache_dir.expanduser().resolve())
-    from stunet.weights import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached,
-                                weights_path)
+    from stunet.weights.hub import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached, weights_path)
 
     if args.list:
         for name in list_pretrained():

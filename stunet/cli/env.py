@@ -6,7 +6,7 @@ line where that does not happen, e.g. when nnU-Net runs from another environment
 import argparse
 import sys
 
-from stunet.nnunet_env import export_line, is_configured
+from stunet.nnunet.env import export_line, is_configured
 
 
 def main(argv=None) -> None:

@@ -8,8 +8,8 @@ import functools
 import os
 import sys
 
-from stunet.cases import CaseError
-from stunet.checkpoint import CheckpointError
+from stunet.errors import CaseError
+from stunet.errors import CheckpointError
 
 ENV_DEBUG = "STUNET_DEBUG"
 EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,

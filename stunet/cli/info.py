@@ -6,8 +6,9 @@ import argparse
 import torch
 
 from stunet.cli.errors import cli_entry
-from stunet.complexity import measure
-from stunet.registry import create_model, list_models
+from stunet.models.complexity import measure
+from stunet.weights.factory import create_model
+from stunet.models.registry import list_models
 
 GIB = 1024 ** 3
 
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
                         help="list every STU-Net trainer name nnUNetv2_train -tr takes, with what it changes")
     args = parser.parse_args(argv)
     if args.trainers:
-        from stunet.nnunet_trainer import describe_trainer, trainer_variants  # imports nnU-Net
+        from stunet.nnunet.trainer import describe_trainer, trainer_variants  # imports nnU-Net
         names = ["STUNetTrainer"] + [name for name, _, _ in trainer_variants()]
         print("STU-Net trainers: STUNetTrainer_<size>[_<regime>][_mirroronly][_bf16][_<schedule>]; each is nnU-Net's "
               "nnUNetTrainer with\nthe STU-Net of the plans (STU-Net plans) or of its size (nnU-Net's own plans).\n")

@@ -4,7 +4,7 @@ The plans hold the whole architecture (``-p PLANS`` makes ``nnUNetv2_train`` wit
 ``nnUNetTrainer`` included, train this STU-Net). Preprocessing comes from the dataset's fingerprint as nnU-Net plans
 it, or with ``--pretrained`` from a released model's pretraining (spacing, z-score per image, patch size, strides), so
 fine-tuned weights see data like their pretraining data. Patch and batch size fit the GPU memory budget by the
-memory model of ``stunet-info``. See stunet.nnunet_planner.
+memory model of ``stunet-info``. See stunet.nnunet.planner.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from stunet.cli.errors import cli_entry
 from stunet.labels import list_label_maps
-from stunet.presets import PRESETS
-from stunet.pretrained import get_pretrained_config, list_pretrained
+from stunet.models.presets import PRESETS
+from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
   stunet-plans -d 4 --model stunet_large --preprocess                       # STUNetPlans_large from the dataset
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     if not (preprocessed / "dataset_fingerprint.json").exists():
         _nnunet(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", str(args.num_processes)])
 
-    from stunet.nnunet_planner import PLANNERS  # imports nnU-Net: after the argument checks
+    from stunet.nnunet.planner import PLANNERS  # imports nnU-Net: after the argument checks
     planner = PLANNERS[model](raw.name, gpu_memory_target_in_gb=args.gpu_memory, plans_name=args.plans_name,
                               pretrained=pretrained, activation_checkpointing=args.activation_checkpointing or False,
                               patch_size=args.patch_size, label_map=args.label_map, batch_size=args.batch_size)

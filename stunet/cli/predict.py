@@ -17,16 +17,18 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.cases import (ENDINGS, ENV_MAX_VOXELS, Case, CaseError, VoxelBudget, check_files,
-                          check_output_folder, check_values, find_cases)
-from stunet.checkpoint import CheckpointError
-from stunet.claims import Claims
+from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find_cases
+from stunet.prediction.budget import ENV_MAX_VOXELS, VoxelBudget
+from stunet.errors import CaseError
+from stunet.prediction.checks import check_files, check_values
+from stunet.errors import CheckpointError
+from stunet.prediction.claims import Claims
 from stunet.cli.errors import cli_entry
 from stunet.cpu_memory import reuse_freed_memory
-from stunet.labels import canonical, list_label_maps, load_label_map
-from stunet.outputs import describe_nifti, provenance, write_extras, write_seg_for_series
-from stunet.parts import choose_part, local_device
-from stunet.pretrained import list_pretrained
+from stunet.labels import list_label_maps
+from stunet.prediction.outputs import describe_nifti, provenance, write_extras, write_seg_for_series
+from stunet.prediction.parts import choose_part, local_device
+from stunet.weights.pretrained import list_pretrained
 
 EPILOG = """input naming: nnU-Net's, case_0000.nii.gz (+ case_0001.nii.gz ... for multi-channel models), or for
 single-channel models plain files (case.nii.gz); or DICOM: a folder holding one series, a folder of series folders,
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args, parser):
-    from stunet.inference import load_model_folder, load_pretrained
+    from stunet.prediction.model import load_model_folder, load_pretrained
     if bool(args.model_folder) == bool(args.pretrained):
         parser.error("give either -m MODEL_FOLDER or --pretrained NAME [--checkpoint FILE]")
     if args.checkpoint and not args.pretrained:
@@ -105,36 +107,6 @@ def _load_model(args, parser):
     if args.pretrained:  # the user's file wins; without one, the cache (downloading on first use)
         return load_pretrained(args.pretrained, args.checkpoint, trust=args.trust_checkpoint)
     return load_model_folder(args.model_folder, args.folds, args.checkpoint_name, trust=args.trust_checkpoint)
-
-
-def output_labels(model_labels: dict[int, str], label_map: str | None, keep: str | None):
-    """(output index -> name, lookup from model class to output label or None, model classes per output label)."""
-    names, members = dict(model_labels), {i: [i] for i in model_labels}
-    if label_map:
-        spec = load_label_map(label_map)
-        by_name = {canonical(n): i for i, n in model_labels.items()}
-        unknown = [s for e in spec["labels"].values() for s in e["from"] if canonical(s) not in by_name]
-        if unknown:
-            raise ValueError(f"label map {label_map}: {', '.join(unknown)} are not classes of this model")
-        names = {0: "background", **{i: e["name"] for i, e in spec["labels"].items()}}
-        members = {0: [0], **{i: [by_name[canonical(s)] for s in e["from"]] for i, e in spec["labels"].items()}}
-    if keep:
-        wanted = {w.strip() for w in keep.split(",") if w.strip()}
-        chosen = {i for i, n in names.items() if str(i) in wanted or canonical(n) in {canonical(w) for w in wanted}}
-        missing = wanted - {str(i) for i in chosen} - {names[i] for i in chosen}
-        missing = {w for w in missing if canonical(w) not in {canonical(names[i]) for i in chosen}}
-        if missing:
-            raise ValueError(f"--labels: {', '.join(sorted(missing))} not among the output labels "
-                             f"({', '.join(names[i] for i in sorted(names) if i)})")
-        names = {i: n for i, n in names.items() if i in chosen or i == 0}
-        members = {i: m for i, m in members.items() if i in names}
-    identity = not label_map and not keep
-    lookup = None
-    if not identity:
-        lookup = torch.zeros(max(model_labels) + 1, dtype=torch.int64)
-        for out_index, classes in members.items():
-            lookup[classes] = out_index
-    return names, lookup, [members[i] for i in sorted(names)]
 
 
 def _finished(target: Path, overwrite: bool, started: float) -> bool:
@@ -171,7 +143,7 @@ def _check_labels_file(path: Path, labels: dict, overwrite: bool) -> None:
 def _dicom_cases(source: Path) -> list[Case]:
     """DICOM cases (name, [series folder or zip]) when ``source`` is a .zip, or a folder without image files holding a
     series or series folders/zips; else []."""
-    from stunet.dicom import find_dicom_cases
+    from stunet.clinical.dicom import find_dicom_cases
     if source.is_file():
         found = find_dicom_cases(source) if source.suffix.lower() == ".zip" else []
     elif any(p.is_file() and p.name.endswith(ENDINGS) for p in source.iterdir()):
@@ -204,7 +176,7 @@ def _read_image_case(segmenter, case: Case, budget: VoxelBudget):
 def _read_dicom_case(segmenter, case: Case, folder: Path, series_uid: str | None, budget: VoxelBudget):
     """(reader output, properties, the DicomSeries) of a series folder (a zip's already extracted into ``folder``)."""
     import warnings as _warnings
-    from stunet.dicom import read_dicom
+    from stunet.clinical.dicom import read_dicom
     with _warnings.catch_warnings(record=True) as notes:
         _warnings.simplefilter("always")
         try:
@@ -225,7 +197,7 @@ def _read_dicom_case(segmenter, case: Case, folder: Path, series_uid: str | None
 def _statistics_csv(out_dir: Path, names: list[str]) -> str | None:
     """statistics.csv of every case of the run whose statistics JSON is in ``out_dir`` (predicted now or before, by
     this process or another part)."""
-    from stunet.statistics import csv_rows, csv_text
+    from stunet.clinical.statistics import csv_rows, csv_text
     rows = []
     for name in names:
         path = out_dir / f"{name}.statistics.json"
@@ -265,7 +237,7 @@ def main(argv=None) -> None:
     if args.series_uid and not dicom_cases:
         parser.error(f"--series-uid goes with DICOM input; {args.input} holds no DICOM series")
     if args.output_type != "nifti":
-        from stunet.dicom_seg import require
+        from stunet.clinical.dicom_seg import require
         try:
             require()
         except ImportError as e:
@@ -282,7 +254,7 @@ def main(argv=None) -> None:
     device = local_device(device)  # one GPU per local rank under torchrun or srun
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
-    from stunet.segmenter import Segmenter
+    from stunet.prediction.segmenter import Segmenter
     try:
         model = _load_model(args, parser)
         segmenter = Segmenter(model=model, device=device, step_size=args.step_size, mirroring=not args.disable_tta,
@@ -343,7 +315,7 @@ def main(argv=None) -> None:
                     source = case.files[0]
                     if source.is_file():  # a zip: extracted while the case is processed (the SEG references it)
                         import zipfile
-                        from stunet.dicom import extract_zip
+                        from stunet.clinical.dicom import extract_zip
                         try:
                             source = extract_zip(source, Path(unzipped))
                         except zipfile.BadZipFile as e:

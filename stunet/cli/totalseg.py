@@ -11,8 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stunet.cli.errors import cli_entry
-from stunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion,
-                             write_dataset_files, write_marker)
+from stunet.nnunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion, write_dataset_files, write_marker)
 
 
 def _convert(job):

@@ -5,7 +5,7 @@ The released models were trained by nnU-Net v1 on images read with SimpleITK (ar
 transposition, at 1.5 mm isotropic spacing, per-image z-score normalisation and 128³ patches, with strides
 [2,2,2]×4 + [1,1,2] (the last one along x). These plans reproduce that: SimpleITKIO, transpose [0, 1, 2],
 ZScoreNormalization for every channel, the config's patch size and strides, batch size 2. A config completed from a
-release's own nnU-Net v1 plans (:meth:`~stunet.pretrained.PretrainedConfig.completed`) brings its normalization per
+release's own nnU-Net v1 plans (:meth:`~stunet.weights.pretrained.PretrainedConfig.completed`) brings its normalization per
 channel (CT with its intensity statistics), normalization masks, transposition and channel names.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from stunet.nnunet_network import architecture_for_plans
-from stunet.pretrained import PretrainedConfig
+from stunet.nnunet.network import architecture_for_plans
+from stunet.weights.pretrained import PretrainedConfig
 
 CONFIGURATION = "3d_fullres"
 

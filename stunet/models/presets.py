@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from stunet.config import IntOrSeq
-from stunet.network import STUNet
-from stunet.registry import register_model
+from stunet.models.config import IntOrSeq
+from stunet.models.network import STUNet
+from stunet.models.registry import register_model
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
 MAX_WIDTH_FACTOR = 16

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from stunet.cases import CaseError
+from stunet.errors import CaseError
 
 NOT_IMAGES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC", "REG", "RWV", "FID"}
 TOLERANCE_MM = 0.01

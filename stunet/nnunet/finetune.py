@@ -12,7 +12,8 @@ import weakref
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
-from stunet.checkpoint import CheckpointError, strip_wrapper_prefix
+from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import strip_wrapper_prefix
 
 HEADS = "seg_outputs."
 ENCODER = "conv_blocks_context."

@@ -20,15 +20,15 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from stunet.blocks import runs_as_module
-from stunet.resample import axis_map
+from stunet.models.blocks import runs_as_module
+from stunet.prediction.resample import axis_map
 
 UNDECIDED = -1
 
 
 def _head(network) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight (C, K), bias) of the network's last head, or None where the module must run itself (hooks,
-    parametrizations: :func:`stunet.blocks.runs_as_module`)."""
+    parametrizations: :func:`stunet.models.blocks.runs_as_module`)."""
     conv = network.seg_outputs[-1]
     if runs_as_module(conv):
         return None
@@ -82,7 +82,7 @@ def cell_labels(labels: torch.Tensor, interpolated: Sequence[bool]) -> torch.Ten
 
 def _interpolate(flat: torch.Tensor, shape: Sequence[int], corners) -> torch.Tensor:
     """Trilinear features (N, C) from ``flat`` (Z·Y·X, C), given per axis (lower, upper, weight) of N voxels; lerps
-    along z, then y, then x, as :func:`stunet.resample.resample_chunks` does."""
+    along z, then y, then x, as :func:`stunet.prediction.resample.resample_chunks` does."""
     (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = corners
     _, ny, nx = shape
 

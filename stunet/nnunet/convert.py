@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from stunet.atomic import atomic_write
-from stunet.checkpoint import Checkpoint, CheckpointError
-from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
-from stunet.presets import PRESETS, preset_of
-from stunet.pretrained import released_config_for, source_labels
-from stunet.transfer import IncompatibleWeightsError, architecture_of, check_state_dict, describe
+from stunet.weights.checkpoint import Checkpoint
+from stunet.errors import CheckpointError
+from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
+from stunet.models.presets import PRESETS, preset_of
+from stunet.weights.pretrained import released_config_for, source_labels
+from stunet.weights.transfer import IncompatibleWeightsError, architecture_of, check_state_dict, describe
 
 def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
     """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint."""

@@ -2,7 +2,7 @@
 
 Two kinds of plans:
 
-- **STU-Net plans** (written by :mod:`stunet.nnunet_planner` / ``stunet-plans``) hold the whole architecture:
+- **STU-Net plans** (written by :mod:`stunet.nnunet.planner` / ``stunet-plans``) hold the whole architecture:
   ``network_class_name`` is :class:`STUNetFromPlans` and ``arch_kwargs`` list stages, widths, blocks per stage,
   kernels, strides and our options (``activation_checkpointing``). nnU-Net's own ``get_network_from_plans`` builds the
   network, so any trainer, the stock ``nnUNetTrainer`` included, trains an STU-Net from them, and ``nnUNetv2_predict``
@@ -25,9 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from stunet.config import STUNetConfig
-from stunet.network import STUNet
-from stunet.registry import create_model
+from stunet.models.config import STUNetConfig
+from stunet.models.network import STUNet
+from stunet.weights.factory import create_model
 
 N_DOWNSAMPLINGS = 5
 CHECKPOINTING_MODES = (False, "stage", "block")
@@ -36,7 +36,7 @@ CHECKPOINTING_MODES = (False, "stage", "block")
 class STUNetFromPlans(STUNet):
     """An STU-Net with the keyword arguments nnU-Net's ``get_network_from_plans`` passes (``input_channels``,
     ``num_classes``, ``deep_supervision``) and those of STU-Net plans' ``arch_kwargs``. Same modules, same parameter
-    names as :class:`~stunet.network.STUNet`; ``strides`` include the first stage's unit stride, as in nnU-Net."""
+    names as :class:`~stunet.models.network.STUNet`; ``strides`` include the first stage's unit stride, as in nnU-Net."""
 
     def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage: Sequence[int],
                  n_blocks_per_stage: Sequence[int], kernel_sizes, strides: Sequence[Sequence[int]],

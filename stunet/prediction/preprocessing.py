@@ -8,7 +8,7 @@ because they dominate a large image (on a 512×512×600 CT: 19.5 s and a 6.7 GB 
   never moves its bounding box. The filled mask itself is computed, inside the box, only when a channel's
   normalisation uses it (``use_mask_for_norm``);
 - the image is normalised in place rather than copied (the caller hands it over);
-- resampling is :func:`stunet.resample.resample_image`: the same interpolation as nnU-Net's skimage/scipy calls (cubic
+- resampling is :func:`stunet.prediction.resample.resample_image`: the same interpolation as nnU-Net's skimage/scipy calls (cubic
   B-spline with its prefilter, edge handling and clipping; the separate-z rule), in float32 torch on the prediction
   device, falling back to the CPU when the GPU has no room.
 
@@ -23,7 +23,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, determine_do_sep_z_and_axis
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from stunet.resample import resample_image
+from stunet.prediction.resample import resample_image
 
 # nnU-Net's normalisation classes that read the mask only when use_mask_for_norm is set
 _MASK_ONLY_WHEN_ASKED = {"CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization",

@@ -1,6 +1,6 @@
 """Released weights on demand: fetched on first use from the Hugging Face Hub into a cache, checked, reused offline.
 
-``weights_path(config)`` gives the local file of a released model's checkpoint (:class:`~stunet.pretrained.
+``weights_path(config)`` gives the local file of a released model's checkpoint (:class:`~stunet.weights.pretrained.
 PretrainedConfig`). The file is looked up in the cache first, so a cached model never touches the network. Otherwise
 the config's Hub sources are tried in order with ``huggingface_hub.hf_hub_download`` (progress bar, retries that resume
 an interrupted transfer with HTTP ranges, the file written under a temporary name and moved into place only when
@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from stunet.checkpoint import CheckpointError
+from stunet.errors import CheckpointError
 
 ENV_HOME = "STUNET_HOME"
 RECORD_NAME = "stunet-checksums.json"
@@ -260,14 +260,11 @@ def _fetch_companion(config, source: dict, path: Path, downloaded: bool) -> Path
 
 def weights_path(config, download: bool = True, force: bool = False, progress: bool = True,
                  fetch_companion: bool = False) -> Path:
-    """The local checkpoint of a released model (a :class:`~stunet.pretrained.PretrainedConfig` or its name): from
+    """The local checkpoint of a released model (a :class:`~stunet.weights.pretrained.PretrainedConfig`): from
     the cache, else downloaded (unless ``download`` is False or ``HF_HUB_OFFLINE`` is set), then checked against the
     known or recorded checksum. Its companion file (``.model.pkl``), where the config names one, is fetched beside it
     with a download (or, with ``fetch_companion``, whenever it is neither cached nor known to be missing on the Hub).
     Raises :class:`WeightsError` (one line) when the file is missing or refused."""
-    if isinstance(config, str):
-        from stunet.pretrained import get_pretrained_config
-        config = get_pretrained_config(config)
     found = None if force else cached_path(config)
     downloaded = False
     if found is None:

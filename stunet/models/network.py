@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from stunet.blocks import ResidualBlock, UpsampleConv, conv_and_norm, pointwise
-from stunet.config import IntOrSeq, STUNetConfig
+from stunet.models.blocks import ResidualBlock, UpsampleConv, conv_and_norm, pointwise
+from stunet.models.config import IntOrSeq, STUNetConfig
 
 
 DECODER_PARTS = ("upsample_layers", "conv_blocks_localization", "seg_outputs")
@@ -58,7 +58,7 @@ def _stage(in_channels: int, out_channels: int, depth: int, kernel_size, stride)
 class STUNet(nn.Module):
     """Scalable residual U-Net (STU-Net), 2D or 3D.
 
-    Args mirror :class:`~stunet.config.STUNetConfig`. ``deep_supervision`` makes ``forward`` return one logit map per
+    Args mirror :class:`~stunet.models.config.STUNetConfig`. ``deep_supervision`` makes ``forward`` return one logit map per
     decoder stage, highest resolution first; nnU-Net toggles it through ``network.decoder.deep_supervision``.
     ``activation_checkpointing`` recomputes activations in the backward pass instead of storing them: ``"stage"``
     (or True) per stage, ``"block"`` per residual block (less memory, the same extra compute of one forward pass).

@@ -26,10 +26,11 @@ from typing import Callable
 
 from torch import nn
 
-from stunet.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from stunet.config import STUNetConfig
-from stunet.registry import list_models, model_builder
-from stunet.transfer import CLASSIFIER, FIRST_LAYER, IncompatibleWeightsError, architecture_of, transfer_weights
+from stunet.weights.checkpoint import Checkpoint, load_checkpoint
+from stunet.errors import CheckpointError
+from stunet.models.config import STUNetConfig
+from stunet.models.registry import list_models, model_builder
+from stunet.weights.transfer import CLASSIFIER, FIRST_LAYER, IncompatibleWeightsError, architecture_of, transfer_weights
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PretrainedConfig:
         return int(self.architecture["num_classes"])
 
     def network_config(self) -> STUNetConfig:
-        """The architecture as an :class:`~stunet.config.STUNetConfig` (built on the meta device: no memory)."""
+        """The architecture as an :class:`~stunet.models.config.STUNetConfig` (built on the meta device: no memory)."""
         import torch
         with torch.device("meta"):
             return model_builder(self.model)(**self.architecture).config
@@ -318,13 +319,13 @@ def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None
                       checkpoint: str | Path | bool | None = True, trust_checkpoint: bool = False,
                       **overrides) -> nn.Module:
     """``create_model(name, pretrained=FILE or True, **overrides)``: the released architecture (unless overridden)
-    with the checkpoint's weights; heads and first layer follow :func:`stunet.transfer.transfer_weights` when the
+    with the checkpoint's weights; heads and first layer follow :func:`stunet.weights.transfer.transfer_weights` when the
     overrides change classes or input channels. ``True`` (or None) takes the file from the cache, downloading it on
-    first use (:func:`stunet.weights.weights_path`); a file given is used as it is. Values the config does not know
+    first use (:func:`stunet.weights.hub.weights_path`); a file given is used as it is. Values the config does not know
     are filled from the checkpoint's companion plans. The config is attached as ``model.pretrained_config``."""
     config = None
     if checkpoint is None or checkpoint is True:
-        from stunet.weights import weights_path
+        from stunet.weights.hub import weights_path
         config = get_pretrained_config(name)
         checkpoint = weights_path(config)
     ckpt = load_checkpoint(checkpoint, trust=trust_checkpoint)

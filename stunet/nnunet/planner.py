@@ -5,15 +5,15 @@ its dataset analysis (target spacing, normalisation, resampling, 2D/3D/low-res c
 depends on the network:
 
 - the architecture: the published layout of the size (six stages, kernels 3) with strides from nnU-Net's pooling for
-  the patch (:func:`stunet.nnunet_network.strides_for_plans`), written as STU-Net plans that nnU-Net's
-  ``get_network_from_plans`` builds (:func:`stunet.nnunet_network.architecture_for_plans`);
+  the patch (:func:`stunet.nnunet.network.strides_for_plans`), written as STU-Net plans that nnU-Net's
+  ``get_network_from_plans`` builds (:func:`stunet.nnunet.network.architecture_for_plans`);
 - patch and batch size: the largest patch (shrinking the axis longest relative to the median image first, as nnU-Net
   does) and then the largest batch (at least 2, at most 5 % of the dataset's voxels, as nnU-Net does) whose estimated
-  GPU memory (:meth:`stunet.complexity.Complexity.gpu_training_bytes`, the model of ``stunet-info``) fits the budget.
+  GPU memory (:meth:`stunet.models.complexity.Complexity.gpu_training_bytes`, the model of ``stunet-info``) fits the budget.
 
 With a released model's config (``pretrained=``) the plans take the pretraining preprocessing instead: its spacing,
 per-image z-score normalisation, no transposition, SimpleITK reading, its patch size and strides (see
-:mod:`stunet.nnunet_plans`), so fine-tuned weights see data like their pretraining data.
+:mod:`stunet.nnunet.plans`), so fine-tuned weights see data like their pretraining data.
 
 nnU-Net's ``nnUNetv2_plan_experiment -pl`` only looks for planners inside its own package; ``stunet-plans`` runs these.
 """
@@ -28,12 +28,12 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from stunet.complexity import measure
-from stunet.nnunet_network import architecture_for_plans, strides_for_plans
-from stunet.nnunet_trainer import PLANS_LABEL_MAP
-from stunet.presets import PRESETS
-from stunet.pretrained import PretrainedConfig
-from stunet.registry import create_model
+from stunet.models.complexity import measure
+from stunet.nnunet.network import architecture_for_plans, strides_for_plans
+from stunet.nnunet.trainer import PLANS_LABEL_MAP
+from stunet.models.presets import PRESETS
+from stunet.weights.pretrained import PretrainedConfig
+from stunet.weights.factory import create_model
 
 GIB = 2 ** 30
 MIN_FEATURE_MAP_EDGE = 4  # nnU-Net's: the coarsest feature map keeps at least 4 voxels along an axis

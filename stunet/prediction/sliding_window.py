@@ -10,158 +10,32 @@ the *features* that feed the head, and applying the head afterwards, gives the s
 The features have 16 (S) to 96 (H) channels whatever the number of classes. Tiles run row-major along the first
 axis, so the canvas holds only the rows one tile spans, and finished rows go to the export as they come
 (:meth:`Predictor.feature_slabs`); the export takes the argmax on the network's grid and computes interpolated logits
-only where that is undecided (:mod:`stunet.export`). Memory therefore grows with the image and the network, not with
+only where that is undecided (:mod:`stunet.prediction.export`). Memory therefore grows with the image and the network, not with
 classes × voxels.
 
 Reused from nnU-Net: image reading and writing (the plans' reader), the preprocessing steps and normalisation classes
-(:mod:`stunet.preprocessing`), tile positions, the Gaussian, padding, mirroring axes, the label manager, the
+(:mod:`stunet.prediction.preprocessing`), tile positions, the Gaussian, padding, mirroring axes, the label manager, the
 resampling rules.
 """
 from __future__ import annotations
-
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
-
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
-from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-from stunet.checkpoint import CheckpointError, load_checkpoint, read_json_file
 from stunet.cpu_memory import release_freed_memory
-from stunet.network import STUNet
-from stunet.export import argmax, fine_labels, head_logits
-from stunet.preprocessing import preprocess
-from stunet.resample import axis_orders, resample_chunks
-from stunet.transfer import IncompatibleWeightsError, check_tensors
+from stunet.models.network import STUNet
+from stunet.prediction.export import argmax, fine_labels, head_logits
+from stunet.prediction.preprocessing import preprocess
+from stunet.prediction.resample import axis_orders, resample_chunks
+from stunet.prediction.model import Model
+
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class Model:
-    """What a prediction needs: networks (one per fold), nnU-Net's plans for one configuration, and the labels."""
-
-    networks: list[STUNet]
-    plans: dict
-    configuration: str
-    dataset_json: dict
-    mirror_axes: tuple[int, ...] | None = None
-    description: str = ""
-    checkpoints: list = field(default_factory=list)  # the files the weights came from (provenance.json)
-    plans_manager: PlansManager = field(init=False)
-
-    def __post_init__(self):
-        self.plans_manager = PlansManager(self.plans)
-        self.configuration_manager = self.plans_manager.get_configuration(self.configuration)
-        self.label_manager = self.plans_manager.get_label_manager(self.dataset_json)
-        self.num_input_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
-                                                               self.dataset_json)
-        for network in self.networks:
-            network.eval()
-            network.deep_supervision = False
-
-    @property
-    def label_names(self) -> dict[int, str]:
-        labels = self.dataset_json["labels"]
-        return {int(v): k for k, v in labels.items() if isinstance(v, int) and k != "ignore"}
-
-
-def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configuration: str, dataset_json: dict):
-    from stunet.nnunet_plugins import stunet_trainers
-
-    trainer = getattr(stunet_trainers, trainer_name, None)
-    if trainer is None:  # a user's subclass in their own trainer folder
-        from stunet.nnunet_env import with_trainer_folder
-        import os
-        os.environ.update(with_trainer_folder(os.environ))
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        trainer = recursive_find_trainer_class_by_name(trainer_name)
-        if trainer is None:
-            raise ValueError(f"the model was trained with {trainer_name}, a trainer that is not installed here; put "
-                             f"its module in nnU-Net's trainer folder or predict with the nnU-Net that trained it")
-    configuration_manager = plans_manager.get_configuration(configuration)
-    network = trainer.build_network_architecture(
-        plans_manager, configuration_manager,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, False)
-    if not isinstance(network, STUNet):
-        raise ValueError(f"the model was trained with {trainer_name}, whose network is not an STU-Net; predict with "
-                         f"nnUNetv2_predict_from_modelfolder instead")
-    return network
-
-
-def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
-                      checkpoint_name: str = "checkpoint_final.pth", trust: bool = False) -> Model:
-    """An nnU-Net v2 trained model folder (plans.json, dataset.json, fold_*/checkpoint)."""
-    folder = Path(folder)
-    for required in ("plans.json", "dataset.json"):
-        if not (folder / required).is_file():
-            raise FileNotFoundError(f"{folder}: not an nnU-Net model folder (no {required}); give the folder that "
-                                    f"holds plans.json, dataset.json and fold_*/")
-    for name in [*(folds or []), checkpoint_name]:  # they become paths inside the model folder
-        if not name or "/" in str(name) or "\\" in str(name) or ".." in str(name):
-            raise ValueError(f"{name!r}: folds and checkpoint names are plain names (0, 1, all, checkpoint_best.pth)")
-    if not folds:
-        folds = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint_name).is_file())
-        if not folds:
-            raise FileNotFoundError(f"{folder}: no fold_*/{checkpoint_name}; train a fold first or pass "
-                                    f"--checkpoint-name")
-    plans = read_json_file(folder / "plans.json", "plans.json")
-    dataset_json = read_json_file(folder / "dataset.json", "dataset.json")
-    if not isinstance(plans.get("configurations"), dict) or not plans["configurations"]:
-        raise CheckpointError(f"{folder / 'plans.json'}: no 'configurations'; not nnU-Net v2 plans")
-    if not isinstance(dataset_json.get("labels"), dict) or not dataset_json["labels"]:
-        raise CheckpointError(f"{folder / 'dataset.json'}: no 'labels' object; not an nnU-Net v2 dataset.json")
-    plans_manager = PlansManager(plans)
-    networks, configuration, mirror_axes, trainer_name = [], None, None, None
-    for fold in folds:
-        checkpoint = load_checkpoint(folder / f"fold_{fold}" / checkpoint_name, trust=trust)
-        if configuration is None:
-            configuration, trainer_name = checkpoint.configuration, checkpoint.trainer_name
-            mirror_axes = checkpoint.mirroring_axes
-            if configuration not in plans["configurations"] or not trainer_name:
-                raise CheckpointError(f"{checkpoint.path}: trained as configuration {configuration!r} with trainer "
-                                      f"{trainer_name!r}, which {folder / 'plans.json'} does not describe (plans: "
-                                      f"{', '.join(plans['configurations'])})")
-        network = _build_from_trainer(trainer_name, plans_manager, configuration, dataset_json)
-        try:
-            check_tensors(checkpoint.state_dict, network.state_dict(), exact=True)
-        except IncompatibleWeightsError as e:
-            raise CheckpointError(f"{checkpoint.path}: {e} (network of {trainer_name} for {folder / 'plans.json'})"
-                                  ) from None
-        network.load_state_dict(checkpoint.state_dict)
-        networks.append(network)
-    return Model(networks, plans, configuration, dataset_json, mirror_axes,
-                 f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})",
-                 [folder / f"fold_{fold}" / checkpoint_name for fold in folds])
-
-
-def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool = False) -> Model:
-    """A released model (see stunet.pretrained) from its checkpoint file, or without one from the cache (downloaded
-    on first use, see stunet.weights), with no nnU-Net folders involved."""
-    from stunet.nnunet_plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
-    from stunet.pretrained import get_pretrained_config
-    from stunet.registry import create_model
-    from stunet.weights import weights_path
-
-    config = get_pretrained_config(name)
-    checkpoint = Path(checkpoint) if checkpoint else weights_path(config)
-    network = create_model(config.name, pretrained=str(checkpoint), trust_checkpoint=trust, deep_supervision=False)
-    config = network.pretrained_config  # completed from the checkpoint's companion plans where the config is not
-    missing = config.missing_for_prediction()
-    if missing:
-        raise CheckpointError(f"{config.name}: {', '.join(missing)} not known without the companion "
-                              f"{config.companion_file} beside {checkpoint} (its nnU-Net v1 plans); put it there")
-    plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=config.in_channels)
-    return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
-                 f"{config.name} from {checkpoint}", [checkpoint])
 
 
 class Predictor:
@@ -187,7 +61,7 @@ class Predictor:
         return reader.read_images([str(f) for f in files])
 
     def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
-        """nnU-Net's preprocessing (:mod:`stunet.preprocessing`); ``image`` is normalised in place."""
+        """nnU-Net's preprocessing (:mod:`stunet.prediction.preprocessing`); ``image`` is normalised in place."""
         return preprocess(image, properties, self.model.plans_manager, self.model.configuration_manager,
                           self.model.dataset_json, self.device)
 
@@ -300,7 +174,7 @@ class Predictor:
                 on_start: Callable[[int], None] | None = None):
         """Label map (original geometry) and optionally probabilities from preprocessed ``data``: the sliding window
         and :meth:`segment`. When only labels are asked for and the output grid is finer than the network's, the
-        export runs slab by slab as the tiles finish them (:func:`stunet.export.fine_labels`), so the features of
+        export runs slab by slab as the tiles finish them (:func:`stunet.prediction.export.fine_labels`), so the features of
         the whole image are never held at once."""
         new_shape = properties["shape_after_cropping_and_before_resampling"]
         release_freed_memory()  # what reading and preprocessing freed is not resident while the network runs

@@ -23,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from stunet.inference import Model, Predictor
+from stunet.prediction.model import Model
+from stunet.prediction.sliding_window import Predictor
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # nibabel's RAS+ world <-> ITK's LPS+ world
 
@@ -91,7 +92,7 @@ class Segmenter:
                  checkpoint_name: str = "checkpoint_final.pth", model: Model | None = None, device: str = "auto",
                  step_size: float = 0.5, mirroring: bool = True, precision: str = "auto", trust: bool = False,
                  labels: str | None = None, label_map: str | None = None):
-        from stunet.inference import load_model_folder, load_pretrained
+        from stunet.prediction.model import load_model_folder, load_pretrained
         if sum(x is not None for x in (pretrained, model_folder, model)) != 1:
             raise ValueError("give one of pretrained=NAME, model_folder=FOLDER or model=Model")
         if checkpoint is not None and pretrained is None:
@@ -103,7 +104,7 @@ class Segmenter:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model
         self.predictor = Predictor(model, device, step_size, mirroring, precision)
-        from stunet.cli.predict import output_labels
+        from stunet.prediction.output_labels import output_labels
         self.label_names, self.lookup, self.members = output_labels(model.label_names, label_map, labels)
         self.options = {"step_size": step_size, "mirroring": mirroring, "precision": precision, "device": str(device),
                         "labels": labels, "label_map": label_map}
@@ -156,7 +157,7 @@ class Segmenter:
         if isinstance(first, (str, Path)):
             path = Path(first)
             if len(items) == 1 and (path.is_dir() or path.suffix.lower() in (".zip", ".dcm")):
-                from stunet.dicom import read_dicom
+                from stunet.clinical.dicom import read_dicom
                 items = [read_dicom(path).image]
             else:
                 arrays, properties = self.predictor.read([Path(p) for p in items])

@@ -17,8 +17,8 @@ from typing import Mapping
 import torch
 
 from stunet.labels import match_labels
-from stunet.network import STUNet
-from stunet.presets import preset_of
+from stunet.models.network import STUNet
+from stunet.models.presets import preset_of
 
 #: the tensors that read the input channels, and the prefix of the segmentation heads (the classifier)
 FIRST_LAYER = ("conv_blocks_context.0.0.conv1.weight", "conv_blocks_context.0.0.conv3.weight")

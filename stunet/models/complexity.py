@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stunet.config import STUNetConfig
-from stunet.network import STUNet
+from stunet.models.config import STUNetConfig
+from stunet.models.network import STUNet
 
 
 GPU_OVERHEAD_BYTES = int(1.5 * 2 ** 30)

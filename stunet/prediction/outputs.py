@@ -58,13 +58,13 @@ def write_extras(out_dir: Path, name: str, seg: np.ndarray, image: np.ndarray, s
     """Statistics JSON (returns its CSV rows) and the preview PNG of one case; ``seg`` and ``image`` (z, y, x)."""
     rows = []
     if statistics:
-        from stunet.statistics import csv_rows, label_statistics, to_json_ready
+        from stunet.clinical.statistics import csv_rows, label_statistics, to_json_ready
         stats = label_statistics(seg, image, spacing_zyx, names)
         atomic_write(out_dir / f"{name}.statistics.json", lambda tmp: tmp.write_text(
             json.dumps(to_json_ready(stats), indent=2)), partial)
         rows = csv_rows(name, stats)
     if preview:
-        from stunet.preview import write_preview
+        from stunet.clinical.preview import write_preview
         atomic_write(out_dir / f"{name}.png", lambda tmp: write_preview(tmp, image, seg, spacing_zyx, names, name),
                      partial)
     return rows
@@ -73,7 +73,7 @@ def write_extras(out_dir: Path, name: str, seg: np.ndarray, image: np.ndarray, s
 def write_seg_for_series(target: Path, labels: sitk.Image, series, names: dict[int, str], partial: Path) -> None:
     """A DICOM-SEG of ``labels`` (on the series' grid) referencing the series' files."""
     import stunet
-    from stunet.dicom_seg import write_dicom_seg
+    from stunet.clinical.dicom_seg import write_dicom_seg
     if not series.files:
         raise ValueError(f"{series.name}: DICOM-SEG needs the source files (a zip's series is extracted only while "
                          f"it is read); unzip it first")

@@ -79,7 +79,7 @@ def write_dataset(raw_root: str | Path, dataset_id: int = 990, name: str = "STUN
         _write(labels, folder / f"labels{split}" / f"{case}.nii.gz", spacing, origin, direction)
     dataset_json = {"channel_names": {str(c): f"synthetic{c}" for c in range(channels)}, "labels": LABELS,
                     "numTraining": num_train, "file_ending": ".nii.gz", "name": name,
-                    "description": "synthetic balls and boxes written by stunet.synthetic"}
+                    "description": "synthetic balls and boxes written by stunet.nnunet.synthetic"}
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder
 

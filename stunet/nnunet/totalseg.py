@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from stunet.atomic import atomic_write, partial_folder
-from stunet.pretrained import get_pretrained_config
+from stunet.weights.pretrained import get_pretrained_config
 
 OVERLAP_RULE = "where masks overlap, the smaller structure (fewer voxels in that subject) wins"
 
@@ -33,7 +33,7 @@ def label_order(name: str) -> dict[int, str]:
     if name == "totalseg104":
         return dict(get_pretrained_config("stunet_small.totalseg104").labels)
     if name == "totalseg_v2_117":
-        data = json.loads(resources.files("stunet").joinpath("totalseg_v2_labels.json").read_text())
+        data = json.loads(resources.files("stunet.nnunet").joinpath("totalseg_v2_labels.json").read_text())
         return {int(k): v for k, v in data["labels"].items()}
     raise ValueError(f"unknown label order {name!r}; known: totalseg104, totalseg_v2_117")
 

@@ -1,0 +1,8 @@
+"""The network family: building blocks (:mod:`.blocks`), the assembled residual U-Net (:mod:`.network`) and its
+configuration (:mod:`.config`), the registry (:mod:`.registry`) and the published presets (:mod:`.presets`), and what
+a network costs before it is built (:mod:`.complexity`: parameters, compute, training memory; :mod:`.memory`:
+prediction memory).
+
+May import: torch and the base modules (``stunet.errors``, ``stunet.settings``, ...). Nothing about weights, files
+or nnU-Net.
+"""
