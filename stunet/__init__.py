@@ -5,7 +5,7 @@ from stunet.weights.factory import create_model
 from stunet.models.registry import list_models, register_model
 from stunet.models import presets  # noqa: F401  (registers the presets)
 
-__version__ = "0.1.0"
+from stunet.version import __version__
 __all__ = ["STUNet", "STUNetConfig", "Segmenter", "create_model", "list_models", "register_model", "__version__"]
 
 

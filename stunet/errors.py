@@ -2,7 +2,7 @@
 commands print it as one line (:mod:`stunet.cli.errors`)."""
 
 
-class CaseError(Exception):
+class CaseError(ValueError):
     """A case that cannot be processed; the message names the file and the cause."""
 
 

@@ -208,7 +208,7 @@ def test_every_broken_or_careless_image_is_refused_before_it_is_read(bad_images)
     for name, (path, expected) in bad_images.items():
         start = time.perf_counter()
         with pytest.raises(CaseError) as error:
-            check_files(_case(path), 3, budget)
+            check_files([path], budget)
         message = str(error.value)
         assert str(path) in message and expected in message and "\n" not in message, (name, message)
         assert time.perf_counter() - start < 1, name
@@ -223,7 +223,7 @@ def test_whole_images_of_every_format_pass(tmp_path, ending, compress):
     image = sitk.GetImageFromArray(np.arange(12 * 16 * 20, dtype=np.float32).reshape(12, 16, 20))
     image.SetSpacing((0.7, 0.8, 2.5))
     sitk.WriteImage(image, str(path), compress)
-    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2]))
+    check_files([path], VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2]))
     check_data_size(path)
 
 
@@ -247,10 +247,10 @@ def test_voxel_budget_estimates_the_resampled_grid_and_can_be_raised(bad_images,
     assert budget.resampled_shape((100, 200, 30), (0.75, 0.75, 3.0)) == [50, 100, 30]
     path, _ = bad_images["absurd_spacing"]
     monkeypatch.setenv("STUNET_MAX_VOXELS", "3e8")
-    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels()))  # raised: it passes
-    check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(2.2e8)))  # the option wins
+    check_files([path], VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels()))  # raised: it passes
+    check_files([path], VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(2.2e8)))  # the option wins
     with pytest.raises(CaseError, match="--max-voxels N or STUNET_MAX_VOXELS=N"):
-        check_files(_case(path), 3, VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(1e8)))
+        check_files([path], VoxelBudget([1.5, 1.5, 1.5], [0, 1, 2], max_voxels(1e8)))
     monkeypatch.setenv("STUNET_MAX_VOXELS", "lots")
     with pytest.raises(ValueError, match="not a number of voxels"):
         max_voxels()

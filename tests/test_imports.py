@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own room and the rooms before it
 ORDER = ["base", "models", "weights", "clinical", "nnunet", "prediction", "cli", "top"]
-BASE = {"stunet.errors", "stunet.settings", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps"}
+BASE = {"stunet.errors", "stunet.settings", "stunet.version", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps"}
 
 
 def _modules() -> dict[str, Path]:
@@ -72,7 +72,7 @@ GRAPH = {m: imports_of(m) for m in MODULES}
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_go_downward(module):
     own = ORDER.index(room(module))
-    upward = sorted(t for t in GRAPH[module] if ORDER.index(room(t)) > own and not module.startswith(t + "."))
+    upward = sorted(t for t in GRAPH[module] if ORDER.index(room(t)) > own)
     assert not upward, f"{module} ({room(module)}) imports {upward} from a room above it"
 
 
@@ -100,4 +100,4 @@ def test_every_room_says_what_it_holds():
     for name in ORDER[1:-1]:
         init = ROOT / "stunet" / name / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
-        assert "may import" in doc, f"{init}: the docstring must say what the room holds and what it may import"
+        assert "may import" in doc.lower(), f"{init}: the docstring must say what the room holds and what it may import"

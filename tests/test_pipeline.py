@@ -203,8 +203,8 @@ def test_an_image_larger_than_memory_is_refused_early_with_the_estimate(model, t
     monkeypatch.setattr(cases, "available_memory", lambda: 10 * 2 ** 20)
     with pytest.raises(CaseError, match=r"takes about [\d.]+ GiB of memory .*more than the 0.0 GiB available.*"
                                         r"--max-voxels N"):
-        check_files(case, 3, VoxelBudget.for_model(model))
+        check_files(case.files, VoxelBudget.for_model(model))
     monkeypatch.delenv("STUNET_MAX_VOXELS", raising=False)
-    check_files(case, 3, VoxelBudget.for_model(model, limit=1e8))  # the user's budget: no memory check
+    check_files(case.files, VoxelBudget.for_model(model, limit=1e8))  # the user's budget: no memory check
     monkeypatch.setattr(cases, "available_memory", lambda: 64 * 2 ** 30)
-    check_files(case, 3, VoxelBudget.for_model(model))
+    check_files(case.files, VoxelBudget.for_model(model))

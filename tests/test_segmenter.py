@@ -1,7 +1,5 @@
 """stunet.Segmenter: one model in memory, images of every kind in, the same kind out on the input's grid, the same
-labels as stunet-predict, safe to share between threads."""
-import threading
-
+labels as stunet-predict (tests/test_one_path.py: the same checks, and calls serialised between threads)."""
 import nibabel as nib
 import numpy as np
 import pytest
@@ -45,24 +43,6 @@ def test_kinds_agree_with_the_cli(segmenter_and_case):
     array = np.asanyarray(nii.dataobj)
     out = seg(array, affine=nii.affine)
     np.testing.assert_array_equal(out, cli.transpose(2, 1, 0))
-
-
-def test_thread_safe(segmenter_and_case):
-    seg, root, _ = segmenter_and_case
-    image = sitk.ReadImage(str(root / "in" / "c_0000.nii.gz"))
-    expected = sitk.GetArrayFromImage(seg(image))
-    results = [None] * 3
-
-    def work(i):
-        results[i] = sitk.GetArrayFromImage(seg(image))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in results:
-        np.testing.assert_array_equal(r, expected)
 
 
 def test_array_needs_geometry(segmenter_and_case):

@@ -18,15 +18,14 @@ from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
 from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find_cases
-from stunet.prediction.budget import ENV_MAX_VOXELS, VoxelBudget
+from stunet.prediction.budget import ENV_MAX_VOXELS
 from stunet.errors import CaseError
-from stunet.prediction.checks import check_files, check_values
 from stunet.errors import CheckpointError
 from stunet.prediction.claims import Claims
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, one_line
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import list_label_maps
-from stunet.prediction.outputs import describe_nifti, provenance, write_extras, write_seg_for_series
+from stunet.prediction.outputs import describe_nifti, write_extras, write_seg_for_series
 from stunet.prediction.parts import choose_part, local_device
 from stunet.weights.pretrained import list_pretrained
 
@@ -159,39 +158,25 @@ def _dicom_cases(source: Path) -> list[Case]:
     return cases
 
 
-def _read_image_case(segmenter, case: Case, budget: VoxelBudget):
-    check_files(case, 3, budget)
-    try:
-        return segmenter.predictor.read(case.files)
-    except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
-        for path in case.files:
-            try:
-                segmenter.predictor.read([path])
-            except Exception as single:
-                raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
-                                ) from None
-        raise CaseError(f"{case.files[0]}: cannot read the case ({e})") from None
-
-
-def _read_dicom_case(segmenter, case: Case, folder: Path, series_uid: str | None, budget: VoxelBudget):
-    """(reader output, properties, the DicomSeries) of a series folder (a zip's already extracted into ``folder``)."""
-    import warnings as _warnings
-    from stunet.clinical.dicom import read_dicom
-    with _warnings.catch_warnings(record=True) as notes:
-        _warnings.simplefilter("always")
-        try:
-            series = read_dicom(folder, series_uid, case.name)
-        except CaseError as e:
-            if "series mixed in one folder" in str(e):  # the command's way to choose one
-                raise CaseError(f"{e} with --series-uid UID") from None
-            raise
-        except Exception as e:  # GDCM's bare errors: name the input
-            raise CaseError(f"{case.files[0]}: cannot read the DICOM series ({str(e).strip()[:200]})") from None
-    for note in notes:
-        tqdm.write(f"stunet-predict: warning: {note.message}", file=sys.stderr)
-    budget.check(case.files[0], series.image.GetSize(), series.image.GetSpacing())
-    image, properties = segmenter._reader_output([series.image])
-    return image, properties, series
+def _write_case(result, args, segmenter, out_dir: Path, target: Path, seg_target: Path, names: dict[int, str], writer,
+                partial: Path, nifti: bool, seg_out: bool) -> None:
+    """Every output of one case, each written atomically; the file that marks the case done (``target``) last."""
+    seg, properties = result.labels, result.properties
+    if result.image is not None:
+        write_extras(out_dir, result.name, seg, result.image, properties["spacing"], names, partial, args.statistics,
+                     args.preview)
+    if result.probabilities is not None:
+        atomic_write(out_dir / f"{result.name}.npz", lambda tmp: np.savez_compressed(
+            tmp, probabilities=result.probabilities, labels=np.array([names[i] for i in sorted(names)])), partial)
+    if seg_out:
+        write_seg_for_series(seg_target, segmenter.to_sitk(seg, properties), result.series, names,
+                             partial)
+    if nifti:
+        def write(tmp: Path) -> None:
+            writer.write_seg(seg, str(tmp), properties)
+            if tmp.name.endswith((".nii.gz", ".nii")):
+                describe_nifti(tmp, names)
+        atomic_write(target, write, partial)
 
 
 def _statistics_csv(out_dir: Path, names: list[str]) -> str | None:
@@ -258,9 +243,9 @@ def main(argv=None) -> None:
     try:
         model = _load_model(args, parser)
         segmenter = Segmenter(model=model, device=device, step_size=args.step_size, mirroring=not args.disable_tta,
-                              precision=args.precision, labels=args.labels, label_map=args.label_map)
+                              precision=args.precision, labels=args.labels, label_map=args.label_map,
+                              max_voxels=args.max_voxels)
         names = segmenter.label_names
-        budget = VoxelBudget.for_model(model, args.max_voxels, len(names) if args.save_probabilities else 0)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
 
@@ -288,6 +273,7 @@ def main(argv=None) -> None:
     nifti, seg_out = args.output_type in ("nifti", "both"), args.output_type in ("dicom_seg", "both")
     claims, busy = Claims(partial.parent), []  # one process per output at a time (stunet/claims.py)
     done, skipped, failed = 0, 0, []
+    record: dict[str, dict] = {}  # this process's cases: predicted (with notes) or failed (with the error)
     bar = tqdm(cases, unit="case", desc="cases")
     for case in bar:
         seg_target = out_dir / f"{case.name}.seg.dcm"
@@ -306,64 +292,38 @@ def main(argv=None) -> None:
             skipped += 1
             continue
         bar.set_postfix_str(case.name)
+        case_start = time.perf_counter()
         try:
-            if case.problem:
-                raise CaseError(case.problem)
-            with tempfile.TemporaryDirectory(prefix="stunet-dicom-") as unzipped:
-                series, case_start = None, time.perf_counter()
-                if dicom_cases:
-                    source = case.files[0]
-                    if source.is_file():  # a zip: extracted while the case is processed (the SEG references it)
-                        import zipfile
-                        from stunet.clinical.dicom import extract_zip
-                        try:
-                            source = extract_zip(source, Path(unzipped))
-                        except zipfile.BadZipFile as e:
-                            raise CaseError(f"{case.files[0]}: not a readable zip ({e})") from None
-                    image, properties, series = _read_dicom_case(segmenter, case, source, args.series_uid, budget)
-                else:
-                    image, properties = _read_image_case(segmenter, case, budget)
-                image = check_values(case, image)
-                read_time = time.perf_counter() - case_start
-                first = image[0].copy() if args.statistics or args.preview else None  # as read (preprocessing may
-                tiles = tqdm(unit="tile", leave=False, desc=case.name)                  # normalise it in place)
+            with tempfile.TemporaryDirectory(prefix="stunet-case-") as workdir:  # a zip's series, for the SEG
+                tiles = tqdm(unit="tile", leave=False, desc=case.name)
                 try:
-                    data, properties = segmenter.preprocess(image, properties)
-                    del image  # normalised in place: freed before the network runs
-                    seg, probs = segmenter.segment_preprocessed(data, properties, args.save_probabilities,
-                                                                progress=tiles.update,
-                                                                on_start=lambda n: tiles.reset(n))
-                    del data
+                    result = segmenter.predict(case, probabilities=args.save_probabilities,
+                                               keep_image=args.statistics or args.preview, series_uid=args.series_uid,
+                                               workdir=Path(workdir), progress=tiles.update,
+                                               on_start=lambda n: tiles.reset(n), warn=False)
                 finally:
                     tiles.close()
+                for note in result.notes:
+                    tqdm.write(f"stunet-predict: warning: {one_line(note)}", file=sys.stderr)
                 if not claims.holds():  # taken over as stale by another process, which writes this case
                     busy.append(case.name)
                     continue
-                if first is not None:
-                    write_extras(out_dir, case.name, seg, first, properties["spacing"], names, partial,
-                                 args.statistics, args.preview)
-                if probs is not None:
-                    atomic_write(out_dir / f"{case.name}.npz", lambda tmp: np.savez_compressed(
-                        tmp, probabilities=probs, labels=np.array([names[i] for i in sorted(names)])), partial)
-                if seg_out:
-                    write_seg_for_series(seg_target, segmenter.to_sitk(seg, properties), series, names, partial)
-                if nifti:
-                    def write(tmp: Path) -> None:
-                        writer.write_seg(seg, str(tmp), properties)
-                        if tmp.name.endswith((".nii.gz", ".nii")):
-                            describe_nifti(tmp, names)
-                    atomic_write(target, write, partial)
-            phases = {"read": read_time, **segmenter.timings,
-                      "writing": time.perf_counter() - case_start - read_time - sum(segmenter.timings.values())}
+                _write_case(result, args, segmenter, out_dir, target, seg_target, names, writer, partial, nifti, seg_out)
+            predicted = sum(result.timings.values())
+            phases = {**result.timings, "writing": time.perf_counter() - case_start - predicted}
             tqdm.write(f"{case.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
-                       + f" ({tiles.total} tiles)", file=sys.stderr)
+                       + f" ({result.tiles} tiles)", file=sys.stderr)
+            record[case.name] = {"status": "predicted", "notes": result.notes}
             done += 1
         except CaseError as e:
-            failed.append(str(e))
-            tqdm.write(f"stunet-predict: error: {e}", file=sys.stderr)
+            failed.append(one_line(e))
+            record[case.name] = {"status": "failed", "error": one_line(e)}
+            tqdm.write(f"stunet-predict: error: {one_line(e)}", file=sys.stderr)
         except (RuntimeError, ValueError, OSError, MemoryError) as e:
-            failed.append(f"{case.files[0]}: {type(e).__name__}: {e}")
-            tqdm.write(f"stunet-predict: error: {case.files[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+            message = one_line(f"{case.files[0]}: {type(e).__name__}: {e}")
+            failed.append(message)
+            record[case.name] = {"status": "failed", "error": message}
+            tqdm.write(f"stunet-predict: error: {message}", file=sys.stderr)
         except BaseException:  # interrupted: its claim goes with it
             claims.close()
             raise
@@ -373,8 +333,8 @@ def main(argv=None) -> None:
             atomic_write(out_dir / "statistics.csv", lambda tmp: tmp.write_text(table), partial)
     options = {k: v for k, v in vars(args).items()}
     options["device"] = str(device)
-    record = provenance(model, model.checkpoints, options)
-    atomic_write(out_dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)), partial)
+    run = {**segmenter.provenance(options), "cases": record}
+    atomic_write(out_dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)), partial)
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
               f"{len(failed)} failed" + (f", {len(busy)} left to other processes predicting them" if busy else "") \
               + f"; outputs in {out_dir}"

@@ -57,6 +57,8 @@ class STUNetFromPlans(STUNet):
 
 
 NETWORK_CLASS_NAME = f"{STUNetFromPlans.__module__}.{STUNetFromPlans.__qualname__}"
+# where plans written by stunet 0.1 (before the package had rooms) name the class; they still build through our trainers
+FORMER_CLASS_NAMES = ("stunet.nnunet_network.STUNetFromPlans",)
 
 
 def architecture_for_plans(config: STUNetConfig, activation_checkpointing: bool | str = False) -> dict:
@@ -73,7 +75,7 @@ def architecture_for_plans(config: STUNetConfig, activation_checkpointing: bool 
 def is_stunet_configuration(configuration_manager) -> bool:
     """Whether a configuration's plans describe an STU-Net (rather than nnU-Net's own U-Net)."""
     try:
-        return configuration_manager.network_arch_class_name == NETWORK_CLASS_NAME
+        return configuration_manager.network_arch_class_name in (NETWORK_CLASS_NAME, *FORMER_CLASS_NAMES)
     except (AttributeError, KeyError):
         return False
 
@@ -117,6 +119,7 @@ def build_from_plans(configuration_manager, num_input_channels: int, num_output_
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     cm = configuration_manager
-    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+    name = NETWORK_CLASS_NAME if cm.network_arch_class_name in FORMER_CLASS_NAMES else cm.network_arch_class_name
+    return get_network_from_plans(name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, num_input_channels, num_output_channels,
                                   allow_init=True, deep_supervision=deep_supervision)

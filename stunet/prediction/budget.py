@@ -2,14 +2,15 @@
 spacing turns a 20³ image into a 600³ one), and whether its estimated memory fits the machine.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-from stunet.models.memory import GIB, PredictionMemory, available_memory
-from stunet.errors import CaseError
 
+from stunet.errors import CaseError
+from stunet.models.memory import GIB, PredictionMemory, available_memory
 
 # -- voxel budget ------------------------------------------------------------------------------------------------
 ENV_MAX_VOXELS = "STUNET_MAX_VOXELS"

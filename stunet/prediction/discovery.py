@@ -2,12 +2,13 @@
 the output folder can be written.
 """
 from __future__ import annotations
-import re
-import tempfile
+
 from dataclasses import dataclass, field
 from pathlib import Path
-from stunet.errors import CaseError
+import re
+import tempfile
 
+from stunet.errors import CaseError
 
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 

@@ -6,15 +6,18 @@ ITK reads a truncated or header-only NIfTI file without an error, filling the mi
 pixdim is read here too, since ITK silently replaces a zero or NaN one by 1.
 """
 from __future__ import annotations
+
 import bz2
+from dataclasses import dataclass
 import math
+from pathlib import Path
 import re
 import struct
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
-from stunet.errors import CaseError
 
+import numpy as np
+
+from stunet.errors import CaseError
 
 # -- declared voxel data vs the file ------------------------------------------------------------------------------
 _CHUNK = 1 << 20
@@ -240,3 +243,22 @@ def header_spacing(path: Path) -> tuple | None:
     except (OSError, zlib.error, CaseError):
         return None  # check_data_size names the problem
     return layout.spacing if layout else None
+
+
+def nifti_nonfinite(path: Path) -> np.ndarray | None:
+    """Where a floating-point NIfTI file holds NaN or infinite voxels, as a boolean array in ITK's (z, y, x) order:
+    ITK's NIfTI reader reads them as 0 without a word, which would segment made-up values. None when the file is not a
+    floating-point NIfTI or holds none (integer files cannot hold them; reading costs one pass over a float file)."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+    try:
+        image = nib.load(str(path))
+        if image.get_data_dtype().kind != "f":
+            return None
+        bad = ~np.isfinite(np.asanyarray(image.dataobj))
+    except Exception:  # nibabel cannot read what ITK could: no second opinion on the values
+        return None
+    if bad.ndim != 3 or not bad.any():
+        return None
+    return bad.transpose(2, 1, 0)

@@ -2,15 +2,18 @@
 model folder or a released model.
 """
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
 from stunet.errors import CheckpointError
+from stunet.models.network import STUNet
 from stunet.weights.checkpoint import load_checkpoint
 from stunet.weights.plain import read_json_file
-from stunet.models.network import STUNet
 from stunet.weights.transfer import IncompatibleWeightsError, check_tensors
 
 
@@ -48,8 +51,9 @@ def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configur
 
     trainer = getattr(stunet_trainers, trainer_name, None)
     if trainer is None:  # a user's subclass in their own trainer folder
-        from stunet.nnunet.env import with_trainer_folder
         import os
+
+        from stunet.nnunet.env import with_trainer_folder
         os.environ.update(with_trainer_folder(os.environ))
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         trainer = recursive_find_trainer_class_by_name(trainer_name)
@@ -117,9 +121,9 @@ def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool
     """A released model (see stunet.weights.pretrained) from its checkpoint file, or without one from the cache (downloaded
     on first use, see stunet.weights.hub), with no nnU-Net folders involved."""
     from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
-    from stunet.weights.pretrained import get_pretrained_config
     from stunet.weights.factory import create_model
     from stunet.weights.hub import weights_path
+    from stunet.weights.pretrained import get_pretrained_config
 
     config = get_pretrained_config(name)
     checkpoint = Path(checkpoint) if checkpoint else weights_path(config)

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from stunet.atomic import atomic_write
+from stunet.version import __version__
 
 
 def label_description(names: dict[int, str]) -> str:
@@ -44,9 +45,8 @@ def file_sha256(path: Path) -> str:
 
 
 def provenance(model, checkpoints: list[Path], options: dict) -> dict:
-    import stunet
     import torch
-    return {"stunet_version": stunet.__version__, "model": model.description, "configuration": model.configuration,
+    return {"stunet_version": __version__, "model": model.description, "configuration": model.configuration,
             "checkpoints": [{"file": str(p), "sha256": file_sha256(p)} for p in checkpoints if Path(p).is_file()],
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
             "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
@@ -72,10 +72,9 @@ def write_extras(out_dir: Path, name: str, seg: np.ndarray, image: np.ndarray, s
 
 def write_seg_for_series(target: Path, labels: sitk.Image, series, names: dict[int, str], partial: Path) -> None:
     """A DICOM-SEG of ``labels`` (on the series' grid) referencing the series' files."""
-    import stunet
     from stunet.clinical.dicom_seg import write_dicom_seg
     if not series.files:
         raise ValueError(f"{series.name}: DICOM-SEG needs the source files (a zip's series is extracted only while "
                          f"it is read); unzip it first")
     atomic_write(target, lambda tmp: write_dicom_seg(tmp, sitk.GetArrayFromImage(labels), series.files, names,
-                                                     software_version=stunet.__version__), partial)
+                                                     software_version=__version__), partial)

@@ -18,22 +18,24 @@ Reused from nnU-Net: image reading and writing (the plans' reader), the preproce
 resampling rules.
 """
 from __future__ import annotations
+
 import itertools
 import math
-import time
 from pathlib import Path
+import time
 from typing import Callable, Iterator, Sequence
-import numpy as np
-import torch
+
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+import numpy as np
+import torch
+
 from stunet.cpu_memory import release_freed_memory
 from stunet.models.network import STUNet
 from stunet.prediction.export import argmax, fine_labels, head_logits
+from stunet.prediction.model import Model
 from stunet.prediction.preprocessing import preprocess
 from stunet.prediction.resample import axis_orders, resample_chunks
-from stunet.prediction.model import Model
-
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,8 +54,19 @@ class Predictor:
         self.autocast_dtype = PRECISIONS[precision]
         self.chunk_slices = chunk_slices
         self.network_seconds = 0.0  # the forward passes of the last image (feature_slabs)
+        self.tiles = 0  # tiles of the last image
+        self.fallbacks: list[str] = []  # where the last image's work left the GPU for the CPU (out of memory)
         for network in model.networks:
             network.to(self.device)
+
+    def note_fallback(self, what: str) -> None:
+        self.fallbacks.append(f"{what} did not fit in the memory of {self.device}; it was computed on the CPU (slower, "
+                              f"same result)")
+
+    def take_fallbacks(self) -> list[str]:
+        """The fallbacks of the last image, once (the next image starts with none)."""
+        taken, self.fallbacks = self.fallbacks, []
+        return taken
 
     # -- reading and preprocessing (nnU-Net's) ----------------------------------------------------------------
     def read(self, files: Sequence[str | Path]) -> tuple[np.ndarray, dict]:
@@ -106,6 +119,7 @@ class Predictor:
                  for z in (range(spatial[0]) if two_d else [None]) for starts in itertools.product(*steps)]
         if on_start:
             on_start(len(tiles))
+        self.tiles = len(tiles)
         rows = range(spatial[0])[revert[1]]  # the image's rows in the padded grid
         gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
                                     device=self.device)
@@ -116,6 +130,7 @@ class Predictor:
                         for w in widths]
             weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32, device=self.device)
         except torch.cuda.OutOfMemoryError:
+            self.note_fallback("the blending canvas")
             canvases = [torch.zeros((depth, *spatial[1:], w), dtype=torch.float32) for w in widths]
             weights = torch.zeros((depth, *spatial[1:]), dtype=torch.float32)
             gaussian = gaussian.cpu()
