@@ -13,13 +13,28 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from stunet.errors import CaseError
+
 
 def partial_folder(root: Path) -> Path:
     """This process's folder for unfinished files under ``root`` (processes may share ``root``)."""
     return Path(root) / ".stunet-partial" / f"{socket.gethostname()}-{os.getpid()}"
 
 
+def refuse_links(folder: Path) -> None:
+    """Raise CaseError when ``folder`` (this process's folder for unfinished files) or the ``.stunet-partial`` folder
+    holding it is a symbolic link (dangling or not): nothing is written through a link planted in an output folder."""
+    for path in (Path(folder), Path(folder).parent):
+        if path.is_symlink():
+            raise CaseError(f"{path}: a symbolic link where stunet keeps unfinished files; remove it (nothing is "
+                            f"written through it)")
+        if path.name == ".stunet-partial":
+            break
+
+
 def remove_partial_folder(root: Path) -> None:
+    if Path(root, ".stunet-partial").is_symlink():
+        return  # not ours: left alone (refuse_links named it)
     shutil.rmtree(partial_folder(root), ignore_errors=True)
     with contextlib.suppress(OSError):
         partial_folder(root).parent.rmdir()  # when no other process uses it
@@ -36,6 +51,8 @@ def atomic_write(target: Path, write: Callable[[Path], object], temporary_folder
     """
     target = Path(target)
     folder = Path(temporary_folder or target.parent)
+    if temporary_folder is not None:
+        refuse_links(folder)
     folder.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(dir=folder, prefix="."))
     try:

@@ -13,7 +13,6 @@ import torch
 
 from checkpoint_helpers import write_v1, write_v2
 from hostile_helpers import corpus, image_corpus, torch_zip, weights
-from stunet.prediction.discovery import Case
 from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget, max_voxels
 from stunet.prediction.headers import check_data_size
@@ -195,12 +194,6 @@ def test_the_walker_refuses_malformed_streams():
 @pytest.fixture(scope="module")
 def bad_images(tmp_path_factory):
     return image_corpus(tmp_path_factory.mktemp("images"))
-
-
-def _case(path: Path):
-    from stunet.prediction.discovery import _split
-
-    return Case(path.name, [path], _split(path)[1])
 
 
 def test_every_broken_or_careless_image_is_refused_before_it_is_read(bad_images):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -17,12 +18,12 @@ import torch
 from tqdm import tqdm
 
 from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
-from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find_cases
+from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find_cases, has_image_ending, is_dicom_file
 from stunet.prediction.budget import ENV_MAX_VOXELS
 from stunet.errors import CaseError
 from stunet.errors import CheckpointError
 from stunet.prediction.claims import Claims
-from stunet.cli.errors import cli_entry, one_line
+from stunet.cli.errors import cli_entry, one_line, printable
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import list_label_maps
 from stunet.prediction.outputs import describe_nifti, write_extras, write_seg_for_series
@@ -144,8 +145,11 @@ def _dicom_cases(source: Path) -> list[Case]:
     series or series folders/zips; else []."""
     from stunet.clinical.dicom import find_dicom_cases
     if source.is_file():
+        if is_dicom_file(source) and not has_image_ending(source):  # one (multi-frame) file: a case of its own
+            return [Case(source.name.rsplit(".", 1)[0] if source.suffix.lower() == ".dcm" else source.name, [source],
+                         ".nii.gz")]
         found = find_dicom_cases(source) if source.suffix.lower() == ".zip" else []
-    elif any(p.is_file() and p.name.endswith(ENDINGS) for p in source.iterdir()):
+    elif any(p.is_file() and has_image_ending(p) for p in source.iterdir()):
         found = []
     else:
         found = find_dicom_cases(source)
@@ -173,7 +177,14 @@ def _write_case(result, args, segmenter, out_dir: Path, target: Path, seg_target
                              partial)
     if nifti:
         def write(tmp: Path) -> None:
-            writer.write_seg(seg, str(tmp), properties)
+            plain = tmp
+            try:
+                str(tmp).encode("utf-8")
+            except UnicodeEncodeError:  # ITK aborts on such a name: it writes a plain one, renamed afterwards
+                plain = tmp.with_name("output" + "".join(tmp.suffixes[-2:]).encode("ascii", "replace").decode())
+            writer.write_seg(seg, str(plain), properties)
+            if plain != tmp:
+                os.replace(plain, tmp)
             if tmp.name.endswith((".nii.gz", ".nii")):
                 describe_nifti(tmp, names)
         atomic_write(target, write, partial)
@@ -211,7 +222,7 @@ def main(argv=None) -> None:
     if not args.input.exists():
         parser.error(f"{args.input} does not exist")
     single_file = args.input.is_file()
-    file_output = single_file and args.output.name.endswith(ENDINGS)  # -o names the output file
+    file_output = single_file and has_image_ending(args.output)  # -o names the output file
     out_dir = args.output.parent if file_output else args.output
     if out_dir.resolve() == (args.input.parent if single_file else args.input).resolve():
         parser.error(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
@@ -264,10 +275,10 @@ def main(argv=None) -> None:
         _check_labels_file(out_dir / "labels.json", labels, args.overwrite)
     except CaseError as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
-    atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(json.dumps(labels, indent=2)), partial)
+    atomic_write(out_dir / "labels.json", lambda tmp: tmp.write_text(json.dumps(labels, indent=2)))
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
-    print(f"stunet-predict: {len(cases)} case(s) from {args.input}" + (" (DICOM)" if dicom_cases else "")
+    print(f"stunet-predict: {len(cases)} case(s) from {printable(args.input)}" + (" (DICOM)" if dicom_cases else "")
           + f", model {model.description}, device {device}"
           + (f", {part.describe()}" if part is not None else ""), file=sys.stderr)
     nifti, seg_out = args.output_type in ("nifti", "both"), args.output_type in ("dicom_seg", "both")
@@ -280,22 +291,29 @@ def main(argv=None) -> None:
         # the file written last: its existence means the case is complete
         target = (args.output if file_output else out_dir / f"{case.name}{case.ending}") if nifti else seg_target
         if target.resolve() in inputs:
-            failed.append(f"{case.name}: output {target} would overwrite an input")
+            failed.append(one_line(f"{case.name}: output {target} would overwrite an input"))
             continue
         if _finished(target, args.overwrite, started):
             skipped += 1
             continue
-        if not claims.claim(target.name):  # another process is predicting it
+        try:
+            claimed = claims.claim(target.name)
+        except CaseError as e:  # a folder or a link where the claim belongs: this case fails, the run goes on
+            failed.append(one_line(e))
+            record[case.name] = {"status": "failed", "error": one_line(e)}
+            tqdm.write(f"stunet-predict: error: {one_line(e)}", file=sys.stderr)
+            continue
+        if not claimed:  # another process is predicting it
             busy.append(case.name)
             continue
         if _finished(target, args.overwrite, started):  # written by another process since the first look
             skipped += 1
             continue
-        bar.set_postfix_str(case.name)
+        bar.set_postfix_str(printable(case.name))
         case_start = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory(prefix="stunet-case-") as workdir:  # a zip's series, for the SEG
-                tiles = tqdm(unit="tile", leave=False, desc=case.name)
+                tiles = tqdm(unit="tile", leave=False, desc=printable(case.name))
                 try:
                     result = segmenter.predict(case, probabilities=args.save_probabilities,
                                                keep_image=args.statistics or args.preview, series_uid=args.series_uid,
@@ -311,7 +329,7 @@ def main(argv=None) -> None:
                 _write_case(result, args, segmenter, out_dir, target, seg_target, names, writer, partial, nifti, seg_out)
             predicted = sum(result.timings.values())
             phases = {**result.timings, "writing": time.perf_counter() - case_start - predicted}
-            tqdm.write(f"{case.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+            tqdm.write(f"{printable(case.name)}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
                        + f" ({result.tiles} tiles)", file=sys.stderr)
             record[case.name] = {"status": "predicted", "notes": result.notes}
             done += 1
@@ -319,7 +337,7 @@ def main(argv=None) -> None:
             failed.append(one_line(e))
             record[case.name] = {"status": "failed", "error": one_line(e)}
             tqdm.write(f"stunet-predict: error: {one_line(e)}", file=sys.stderr)
-        except (RuntimeError, ValueError, OSError, MemoryError) as e:
+        except Exception as e:  # unforeseen (a reader's or a library's own error): this case fails, the run goes on
             message = one_line(f"{case.files[0]}: {type(e).__name__}: {e}")
             failed.append(message)
             record[case.name] = {"status": "failed", "error": message}
@@ -330,17 +348,17 @@ def main(argv=None) -> None:
     if args.statistics:
         table = _statistics_csv(out_dir, all_names)
         if table is not None:
-            atomic_write(out_dir / "statistics.csv", lambda tmp: tmp.write_text(table), partial)
+            atomic_write(out_dir / "statistics.csv", lambda tmp: tmp.write_text(table))
     options = {k: v for k, v in vars(args).items()}
     options["device"] = str(device)
     run = {**segmenter.provenance(options), "cases": record}
-    atomic_write(out_dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)), partial)
+    atomic_write(out_dir / "provenance.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
     summary = f"stunet-predict: {done} predicted, {skipped} skipped (output exists; --overwrite to redo), " \
               f"{len(failed)} failed" + (f", {len(busy)} left to other processes predicting them" if busy else "") \
               + f"; outputs in {out_dir}"
     claims.close()
     remove_partial_folder(out_dir)
-    print(summary, file=sys.stderr)
+    print(printable(summary), file=sys.stderr)
     if failed:
         print("failed:\n  " + "\n  ".join(failed), file=sys.stderr)
         sys.exit(1)

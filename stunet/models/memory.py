@@ -57,13 +57,20 @@ class PredictionMemory:
         return cls(model.num_input_channels, [n.config.widths[0] for n in model.networks],
                    list(model.configuration_manager.patch_size), probability_maps)
 
+    def padded(self, resampled: Sequence[int]) -> list[int]:
+        """The network's grid after padding to the patch size (what the sliding window allocates)."""
+        if len(self.patch) != len(resampled):  # 2D: the slices keep their first axis
+            return [resampled[0], *(max(r, p) for r, p in zip(resampled[1:], self.patch))]
+        return [max(r, p) for r, p in zip(resampled, self.patch)]
+
     def phases(self, stored: Sequence[int], resampled: Sequence[int]) -> dict[str, int]:
         """Bytes each phase adds, for an image of ``stored`` voxels (z, y, x) at ``resampled`` voxels on the
-        network's grid."""
-        voxels, grid = math.prod(stored), math.prod(resampled)
-        streams = not self.probability_maps and voxels > grid
-        rows = min(self.patch[0], resampled[0]) if len(self.patch) == len(resampled) else 1
-        canvas_voxels = grid * rows / resampled[0] if streams else grid
+        network's grid (padded to the patch where it is smaller: a thin image pads to whole tiles)."""
+        padded = self.padded(resampled)
+        voxels, grid = math.prod(stored), math.prod(padded)
+        streams = not self.probability_maps and voxels > math.prod(resampled)
+        rows = min(self.patch[0], padded[0]) if len(self.patch) == len(padded) else 1
+        canvas_voxels = grid * rows / padded[0] if streams else grid
         canvas = canvas_voxels * (sum(self.widths) + 1) * 4
         forward = _FORWARD_TENSORS * max(self.widths) * math.prod(self.patch) * 4
         output = voxels * (2 + 2 * self.probability_maps)

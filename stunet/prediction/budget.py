@@ -5,34 +5,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
+from stunet import settings
 from stunet.errors import CaseError
 from stunet.models.memory import GIB, PredictionMemory, available_memory
 
-# -- voxel budget ------------------------------------------------------------------------------------------------
-ENV_MAX_VOXELS = "STUNET_MAX_VOXELS"
-
-
+ENV_MAX_VOXELS = settings.MAX_VOXELS
 DEFAULT_MAX_VOXELS = 200_000_000  # at the model's spacing: about 585³; a whole-body CT at 1.5 mm is under 1e8
-
-
 INPUT_VOXELS = 1_500_000_000  # of the image as stored (at least; --max-voxels raises it too)
 
 
 def max_voxels(option: int | float | None = None) -> int:
-    """The voxel budget: ``option`` (--max-voxels), else $STUNET_MAX_VOXELS, else DEFAULT_MAX_VOXELS."""
-    value = option if option is not None else os.environ.get(ENV_MAX_VOXELS)
-    if value is None or value == "":
-        return DEFAULT_MAX_VOXELS
+    """The voxel budget: ``option`` (--max-voxels, ``max_voxels=``), else $STUNET_MAX_VOXELS, else
+    DEFAULT_MAX_VOXELS."""
+    if option is None:
+        return settings.max_voxels() or DEFAULT_MAX_VOXELS
     try:
-        number = int(float(value))
-    except ValueError:
-        raise ValueError(f"{ENV_MAX_VOXELS}={value!r} is not a number of voxels (e.g. 4e8)") from None
+        number = int(float(option))
+    except (TypeError, ValueError):
+        raise ValueError(f"the voxel budget {option!r} is not a number of voxels (e.g. 4e8)") from None
     if number < 1:
-        raise ValueError(f"the voxel budget must be positive, got {value!r}")
+        raise ValueError(f"the voxel budget must be positive, got {option!r}")
     return number
 
 
@@ -50,7 +45,7 @@ class VoxelBudget:
     def for_model(cls, model, limit: int | None = None, probability_maps: int = 0) -> "VoxelBudget":
         return cls(list(model.configuration_manager.spacing), list(model.plans_manager.transpose_forward),
                    max_voxels(limit), PredictionMemory.for_model(model, probability_maps),
-                   limit is not None or bool(os.environ.get(ENV_MAX_VOXELS)))
+                   limit is not None or settings.max_voxels() is not None)
 
     def resampled_shape(self, size_xyz: Sequence[int], spacing_xyz: Sequence[float]) -> list[int]:
         shape, spacing = list(size_xyz)[::-1], list(spacing_xyz)[::-1]  # nnU-Net's SimpleITK order: z, y, x
@@ -71,6 +66,13 @@ class VoxelBudget:
             return
         shape = self.resampled_shape(size_xyz, spacing_xyz)
         voxels = math.prod(shape)
+        padded = self.memory.padded(shape) if self.memory is not None else shape
+        if voxels <= self.limit < math.prod(padded):  # a thin image pads to whole tiles
+            raise CaseError(f"{path}: at the model's spacing {tuple(self.target_spacing)} mm its "
+                            f"{' x '.join(map(str, size_xyz))} voxels become {' x '.join(map(str, shape))}, padded "
+                            f"to the patch size {' x '.join(map(str, padded))} = {math.prod(padded):,} voxels, over "
+                            f"the budget of {self.limit:,} (a thin or tiny image: check its spacing and size; raise "
+                            f"the budget with --max-voxels N or {ENV_MAX_VOXELS}=N)")
         if voxels > self.limit:
             raise CaseError(f"{path}: at the model's spacing {tuple(self.target_spacing)} mm its "
                             f"{' x '.join(map(str, size_xyz))} voxels of {tuple(round(s, 4) for s in spacing_xyz)} "

@@ -19,6 +19,8 @@ What to write, and where, is the caller's: the command writes files atomically, 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 import tempfile
@@ -34,12 +36,9 @@ from stunet.clinical.dicom import DicomSeries, extract_zip, read_dicom
 from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.checks import check_files, check_sitk_images, check_values
-from stunet.prediction.discovery import Case
+from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file, split_name
 from stunet.prediction.headers import nifti_nonfinite
 from stunet.prediction.images import array_to_sitk, is_nibabel, nibabel_to_sitk, reader_output
-
-DICOM_ENDINGS = (".zip", ".dcm")
-
 
 @dataclass
 class CaseResult:
@@ -69,24 +68,47 @@ class _Read:
 
 
 def _is_dicom_source(path: Path) -> bool:
-    return path.is_dir() or path.suffix.lower() in DICOM_ENDINGS
+    return path.is_dir() or path.suffix.lower() == ".zip" or (is_dicom_file(path) and not has_image_ending(path))
 
 
-def _read_files(engine, files: list[Path], budget: VoxelBudget) -> _Read:
-    check_files(files, budget)
+def itk_path(path: Path, workdir: Path) -> Path:
+    """``path``, or a symbolic link to it in ``workdir`` where ITK cannot open the path itself: a name that is not valid
+    UTF-8 (bytes that do not decode make ITK abort the process) or an image ending in upper case (``CT.NII.GZ``, which
+    ITK refuses). A MetaImage header's data file is linked beside it under its own name."""
+    split = split_name(path)
+    ending = split[1] if split else ""
     try:
-        image, properties = engine.read_files(files)
+        str(path).encode("utf-8")
+        if not ending or path.name.endswith(ending):
+            return path
+    except UnicodeEncodeError:
+        pass
+    workdir.mkdir(parents=True, exist_ok=True)
+    link = workdir / f"input-{len(list(workdir.glob('input-*')))}{ending}"
+    os.symlink(os.path.abspath(path), link)
+    if ending == ".mhd":
+        for data in path.parent.glob(f"{glob.escape(path.name[:-len(ending)])}.*"):
+            if data != path and not (workdir / data.name).exists():
+                os.symlink(os.path.abspath(data), workdir / data.name)
+    return link
+
+
+def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -> _Read:
+    readable = [itk_path(f, workdir) for f in files]
+    check_files(readable, budget, shown=files)
+    try:
+        image, properties = engine.read_files(readable)
     except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
-        for path in files:
+        for path, link in zip(files, readable):
             try:
-                engine.read_files([path])
+                engine.read_files([link])
             except Exception as single:
                 raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
                                 ) from single
         raise CaseError(f"{files[0]}: cannot read the case ({e})") from e
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     if engine.model.plans_manager.image_reader_writer_class is SimpleITKIO:
-        for channel, path in zip(image, files):  # ITK reads NaN/inf NIfTI voxels as 0: they are checked like others
+        for channel, path in zip(image, readable):  # ITK reads NaN/inf NIfTI voxels as 0: checked like others
             hidden = nifti_nonfinite(path)
             if hidden is not None and hidden.shape == channel.shape:
                 channel[hidden] = np.nan
@@ -95,11 +117,11 @@ def _read_files(engine, files: list[Path], budget: VoxelBudget) -> _Read:
 
 def _read_dicom(engine, source: Path, name: str, series_uid: str | None, workdir: Path,
                 budget: VoxelBudget) -> _Read:
-    folder, extracted = source, False
+    folder, extracted = itk_path(source, workdir), False
     if source.is_file() and source.suffix.lower() == ".zip":
         extracted = True  # extracted for as long as the caller keeps workdir
         try:
-            folder = extract_zip(source, workdir)
+            folder = extract_zip(folder, workdir)
         except zipfile.BadZipFile as e:
             raise CaseError(f"{source}: not a readable zip ({e})") from e
     with warnings.catch_warnings(record=True) as caught:
@@ -160,7 +182,7 @@ def read_case(engine, source, budget: VoxelBudget, *, spacing=None, affine=None,
         else:
             if len(paths) != channels:
                 raise CaseError(f"{paths[0]}: the model takes {channels} channel file(s); got {len(paths)}")
-            read = _read_files(engine, paths, budget)
+            read = _read_files(engine, paths, budget, workdir)
     else:
         if len(items) != channels:
             raise CaseError(f"the model takes {channels} channel(s); got {len(items)} image(s) (give a list, one "

@@ -18,12 +18,20 @@ from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.headers import check_data_size, header_spacing
 
 _COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
+# the voxel sizes (mm) of real CT, MR and PET images lie well inside this range; outside it a header is wrong (a unit
+# mix-up, a placeholder) and segmenting at that scale would give a confident, meaningless result
+SPACING_RANGE_MM = (0.01, 50.0)
 
 
-def _check_spacing(name, spacing: Sequence[float], source: str) -> None:
+def _check_spacing(name, spacing: Sequence[float], source: str, plausible: bool = True) -> None:
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise CaseError(f"{name}: {source} spacing {tuple(spacing)} is not finite and positive; fix the header (the "
                         f"segmentation would be computed at a made-up scale)")
+    low, high = SPACING_RANGE_MM
+    if plausible and not all(low <= s <= high for s in spacing):
+        raise CaseError(f"{name}: {source} spacing {tuple(float(f'{s:.4g}') for s in spacing)} mm is outside the "
+                        f"plausible {low:g}-{high:g} mm; fix the header (the segmentation would be computed at a "
+                        f"made-up scale)")
 
 
 def check_image(name, dimension: int, size: Sequence[int], spacing: Sequence[float], components: int = 1,
@@ -63,11 +71,12 @@ def check_sitk_images(names: Sequence[str], images: Sequence[sitk.Image], budget
     check_channels([(n, i.GetSize(), i.GetSpacing()) for n, i in zip(names, images)])
 
 
-def check_files(files: Sequence[Path], budget: VoxelBudget | None = None) -> None:
+def check_files(files: Sequence[Path], budget: VoxelBudget | None = None, shown: Sequence[Path] | None = None) -> None:
     """Raise CaseError for unreadable, corrupt, truncated, 2D/4D, vector, complex, empty, badly spaced, over-budget or
-    mutually inconsistent channel files, before any is read in full."""
+    mutually inconsistent channel files, before any is read in full. ``shown``: the names the messages use, where
+    ``files`` are links to them (:func:`stunet.prediction.case.itk_path`)."""
     seen = []
-    for path in files:
+    for path, name in zip(files, shown or files):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
@@ -75,16 +84,16 @@ def check_files(files: Sequence[Path], budget: VoxelBudget | None = None) -> Non
         except RuntimeError as e:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             detail = lines[-1].replace("sitk::ERROR: ", "") if lines else "unreadable"
-            raise CaseError(f"{path}: cannot read it as an image ({detail[:200]})") from e
+            raise CaseError(f"{name}: cannot read it as an image ({detail[:200]})") from e
         size, spacing = reader.GetSize(), reader.GetSpacing()
         if reader.GetDimension() == 3 and 0 not in size:
             stated = header_spacing(path)
             if stated is not None:
-                _check_spacing(path, stated, "the header's (pixdim)")
-        check_image(path, reader.GetDimension(), size, spacing, reader.GetNumberOfComponents(), budget=budget,
+                _check_spacing(name, stated, "the header's (pixdim)", plausible=False)  # in its units
+        check_image(name, reader.GetDimension(), size, spacing, reader.GetNumberOfComponents(), budget=budget,
                     complex_values=reader.GetPixelID() in _COMPLEX)
         check_data_size(path)
-        seen.append((path, size, spacing))
+        seen.append((name, size, spacing))
     check_channels(seen)
 
 

@@ -27,6 +27,9 @@ import threading
 import time
 from pathlib import Path
 
+from stunet.atomic import refuse_links
+from stunet.errors import CaseError
+
 HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0
 
@@ -68,7 +71,11 @@ class Claims:
         """Claim output ``name`` (releasing the previous claim). False: another live process holds it."""
         self.release()
         path = self.path(name)
+        refuse_links(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            raise CaseError(f"{path}: a folder where this case's claim file belongs; remove it (the case is not "
+                            f"predicted while it is there)")
         token = secrets.token_hex(8)
         for _ in range(3):
             try:

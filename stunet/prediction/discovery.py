@@ -10,11 +10,8 @@ import tempfile
 
 from stunet.errors import CaseError
 
-ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-_CHANNEL = re.compile(r"(.+)_(\d{4})$")
-
+ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")  # found in any case (CT.NII.GZ); outputs end in lower case
+_CHANNEL = re.compile(r"(.+)_(\d{4})", re.DOTALL)  # fullmatch; a newline in a name keeps its suffix
 
 
 @dataclass
@@ -25,11 +22,31 @@ class Case:
     problem: str | None = field(default=None)
 
 
-def _split(path: Path) -> tuple[str, str] | None:
+def split_name(path: Path) -> tuple[str, str] | None:
+    """(stem, ending in lower case) of an image file name, whatever the case of its ending; None for other files."""
+    lowered = path.name.lower()
     for ending in ENDINGS:
-        if path.name.endswith(ending):
+        if lowered.endswith(ending):
             return path.name[:-len(ending)], ending
     return None
+
+
+def has_image_ending(path: Path) -> bool:
+    return split_name(Path(path)) is not None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble), whatever its name; or a .dcm file."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def find_cases(source: Path, channels: int) -> list[Case]:
@@ -43,7 +60,7 @@ def find_cases(source: Path, channels: int) -> list[Case]:
     endings: dict[str, str] = {}
     clashes: dict[str, list[Path]] = {}  # case name -> files that claim the same channel
     for path in files:
-        split = _split(path)
+        split = split_name(path)
         if split is None:
             continue
         stem, ending = split

@@ -1,10 +1,11 @@
 """Label maps on the original grid from blended features, computing the 105-class logits only where needed.
 
 nnU-Net resamples every class's logits to the original grid and takes the argmax there. With features blended
-instead of logits (see :mod:`stunet.inference`) the logits at an output voxel are the head applied to the linearly
-interpolated features, which equals the same interpolation of the logits at the 2–8 grid points around it (the head
-is linear). Interpolation weights are non-negative and sum to one, so when one class has the largest logit at all
-of those grid points, it also has the largest interpolated logit. Hence, for an output grid finer than the network's:
+instead of logits (see :mod:`stunet.prediction.sliding_window`) the logits at an output voxel are the head applied to
+the linearly interpolated features, which equals the same interpolation of the logits at the 2–8 grid points around
+it (the head is linear). Interpolation weights are non-negative and sum to one, so when one class has the largest
+logit at all of those grid points, it also has the largest interpolated logit. Hence, for an output grid finer than
+the network's:
 
 1. the argmax at the network's grid (the head on ``Z·Y·X`` voxels instead of the output's many more);
 2. per cell of that grid, its class if all its corners agree, else "undecided" (-1);

@@ -1,8 +1,23 @@
-"""Separable resampling of feature maps in torch, chunk by chunk, with the semantics of nnU-Net's export resampling
-(``resample_data_or_seg_to_shape`` with ``is_seg=False``): half-voxel-centred coordinates, linear interpolation with
-edge clamping (skimage ``resize(order=1, mode='edge')``), and nearest-neighbour along a separately treated anisotropic
-axis (``map_coordinates(order=0, mode='nearest')``). Output chunks along the first axis only read the source slices
-they need, so memory stays bounded for any image size."""
+"""Resampling in torch with the semantics of nnU-Net's (``resample_data_or_seg_to_shape`` with ``is_seg=False``):
+half-voxel-centred coordinates (skimage ``resize(mode='edge', anti_aliasing=False)``, scipy ``zoom(grid_mode=True)``),
+linear interpolation with edge clamping, cubic B-splines with scipy's prefilter, and nearest-neighbour along a
+separately treated anisotropic axis (``map_coordinates(order=0, mode='nearest')``).
+
+One definition of the interpolation along an axis: :func:`linear_taps` (nearest and linear) and
+:func:`resampling_matrix` (which builds its nearest and linear rows from those taps, and adds the cubic B-spline).
+Two ways of applying it, kept for what they cost:
+
+- images (preprocessing, cubic): :func:`resample_image`, one banded matrix product per axis over the whole image;
+- feature maps (export, linear): :func:`resample_chunks`, two taps gathered and blended per axis, output chunk by output
+  chunk along the first axis, each reading only the source rows it needs (and :mod:`stunet.prediction.export`, which
+  evaluates the same taps at scattered voxels only).
+
+Why the feature maps are not matrix products too: the whole-image product holds the resampled features at once,
+16 (S) to 96 (H) channels on the original grid, e.g. 10 GB for the 157M-voxel CT of ``benchmarks/pipeline.py`` with
+STU-Net-S, whose whole prediction peaks at 3.2-3.4 GiB (``benchmarks/results/pipeline_cpu.md``) because the chunks are
+consumed as they come. On 16 channels resampled from 64×96×96 to 128×192×192 (CPU, 2 threads) the chunks took 0.82 s
+and 205 MiB above the input, the matrix products 0.99 s and 544 MiB.
+"""
 from __future__ import annotations
 
 import math
@@ -13,16 +28,25 @@ import torch
 from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
 
-def axis_map(in_size: int, out_size: int, order: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lower index, upper index, weight of the upper) for each output position along one axis."""
-    coords = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * (in_size / out_size) - 0.5
+def linear_taps(n_in: int, n_out: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, float64 weight of the upper) for each of ``n_out`` positions along an axis of
+    ``n_in`` samples: nearest (0; the weight is 0) or linear with edge clamping (1)."""
+    coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     if order == 0:
-        index = torch.floor(coords + 0.5).clamp(0, in_size - 1).long()
-        return index, index, torch.zeros(out_size, dtype=torch.float32, device=device)
-    coords = coords.clamp(0, in_size - 1)
-    lower = coords.floor().long()
-    upper = (lower + 1).clamp(max=in_size - 1)
-    return lower, upper, (coords - lower).float()
+        index = np.clip(np.floor(coords + 0.5), 0, n_in - 1).astype(np.int64)
+        return index, index, np.zeros(n_out)
+    if order != 1:
+        raise NotImplementedError(f"taps of order {order}: only nearest (0) and linear (1)")
+    coords = np.clip(coords, 0, n_in - 1)
+    lower = np.floor(coords).astype(np.int64)
+    return lower, np.minimum(lower + 1, n_in - 1), coords - lower
+
+
+def axis_map(in_size: int, out_size: int, order: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`linear_taps` as torch tensors on ``device`` (the weight in float32)."""
+    lower, upper, weight = linear_taps(in_size, out_size, order)
+    return (torch.from_numpy(lower).to(device), torch.from_numpy(upper).to(device),
+            torch.from_numpy(weight).float().to(device))
 
 
 def _along(x: torch.Tensor, axis: int, lower, upper, weight) -> torch.Tensor:
@@ -78,19 +102,15 @@ def resampling_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
     """(n_out, n_in) float64 matrix taking a signal to ``n_out`` samples as skimage's ``resize(order, mode='edge',
     anti_aliasing=False)`` does along one axis (half-voxel-centred coordinates; scipy's ``zoom(grid_mode=True)``):
     nearest (0), linear (1) or cubic B-spline with its prefilter on the edge-padded signal (3)."""
-    coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     matrix = np.zeros((n_out, n_in))
     rows = np.arange(n_out)
-    if order == 0:
-        np.add.at(matrix, (rows, np.clip(np.floor(coords + 0.5), 0, n_in - 1).astype(int)), 1.0)
-    elif order == 1:
-        coords = np.clip(coords, 0, n_in - 1)
-        lower = np.floor(coords).astype(int)
-        weight = coords - lower
+    if order in (0, 1):
+        lower, upper, weight = linear_taps(n_in, n_out, order)
         np.add.at(matrix, (rows, lower), 1 - weight)
-        np.add.at(matrix, (rows, np.minimum(lower + 1, n_in - 1)), weight)
+        np.add.at(matrix, (rows, upper), weight)
     elif order == 3:  # taps of the edge-padded signal's spline coefficients, each the prefilter (mirror boundary,
         n = n_in + 2 * _PAD  # truncated) over the padded signal, whose samples are clamped input samples
+        coords = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
         period = 2 * n - 2
         start = np.floor(coords + _PAD).astype(int) - 1
         weights = _cubic_bspline(coords + _PAD - start - 1)
