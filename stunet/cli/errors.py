@@ -5,24 +5,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import os
 import sys
 
-from stunet.errors import CaseError
-from stunet.errors import CheckpointError
+from stunet import settings
+from stunet.errors import CaseError, CheckpointError
 
-ENV_DEBUG = "STUNET_DEBUG"
+ENV_DEBUG = settings.DEBUG
 EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
             IsADirectoryError, PermissionError, OSError, MemoryError)
 
 
 def debugging(argv: list[str] | None = None) -> bool:
-    return "--debug" in (argv or []) or os.environ.get(ENV_DEBUG, "") not in ("", "0", "false", "no")
+    """``--debug`` among the arguments, or ``STUNET_DEBUG`` set to yes (:func:`stunet.settings.debug`)."""
+    return "--debug" in (argv or []) or settings.debug()
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on one line of any terminal or log: bytes of file names that do not decode
+    (``\\udcff``) and control characters, line breaks included, written as escapes."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def one_line(text: str, limit: int = 2000) -> str:
-    """``text`` on one line: its lines joined with '; ', at most ``limit`` characters."""
-    joined = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    """``text`` on one line (:func:`printable`, its lines joined with '; '), at most ``limit`` characters: a line
+    break in a file name cannot forge a line of the log."""
+    joined = "; ".join(printable(line.strip()) for line in str(text).splitlines() if line.strip())
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
