@@ -2,6 +2,7 @@
 trainers (as ``stunet.nnunet_plugins``), the pretrained model configs, and a one-line ``stunet-nnunet.pth`` that points
 nnU-Net's ``nnUNet_extTrainer`` variable at the trainers, so ``nnUNetv2_train -tr STUNetTrainer_*`` finds them."""
 import os
+import re
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -46,7 +47,7 @@ class EditableWithPth(editable_wheel):
 
 setup(
     name="stunet",
-    version="0.1.0",
+    version=re.search(r'__version__ = "([^"]+)"', open("stunet/version.py").read())[1],
     description="Scalable residual U-Nets (STU-Net, 14M-1.4B parameters) as an nnU-Net v2 plugin",
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
@@ -56,20 +57,25 @@ setup(
               "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
     package_data={"stunet.nnunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
+    # Every third-party package that stunet imports, and nothing else (tests/test_dependencies.py checks both ways):
+    # nnunetv2 brings most of them too, but stunet imports them itself. An extra's packages are imported only inside
+    # functions that first call the module's require(), which names the extra in a one-line ImportError.
     install_requires=[
         "torch>=2.1",
         "nnunetv2>=2.8,<2.9",
-        "dynamic-network-architectures>=0.4",
-        "batchgenerators>=0.25",
+        "acvl-utils>=0.2.6",  # prediction: pad_nd_image, as nnU-Net pads
+        "batchgenerators>=0.25",  # stunet-train
+        "batchgeneratorsv2>=0.3.2",  # the trainers' augmentation
+        "huggingface_hub>=0.25",  # released weights on demand (--pretrained NAME, stunet-download)
+        "matplotlib",  # stunet-predict --preview (nnunetv2 requires it as well)
         "SimpleITK>=2.2",
         "nibabel>=5",
         "numpy",
-        "scipy",
         "safetensors>=0.4",
         "tqdm",
     ],
     extras_require={"test": ["pytest>=7", "highdicom>=0.22", "pydicom>=2.4"],
-                    "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},
+                    "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},  # stunet.clinical.dicom_seg.require()
     entry_points={"console_scripts": [
         "stunet-info=stunet.cli.info:main",
         "stunet-demo=stunet.cli.demo:main",

@@ -15,8 +15,9 @@ A. Training step per size. STU-Net S/B/L/H (1 channel, 105 classes, deep supervi
    checkpointing), then the rest of the grid. Reports the target "STU-Net-H trains at batch 2 × 128³ in 24 GB with
    bf16 and checkpointing" as MET / NOT MET from the measured peak reserved memory.
 B. Real commands. A synthetic dataset (stunet.nnunet.synthetic), ``nnUNetv2_plan_and_preprocess``, a released-format
-   nnU-Net v1 ``.model`` of STU-Net-S (random weights), ``nnUNetv2_train ... -pretrained_weights`` with the fp16 and
-   the bf16 fine-tuning trainers, and one ``-num_gpus 1`` run; first/last train loss from nnU-Net's training log.
+   nnU-Net v1 ``.model`` of STU-Net-S (random weights), ``nnUNetv2_train ... -pretrained_weights`` with the
+   fine-tuning trainer in fp16 and in bf16 (``STUNET_PRECISION=bf16``), and one ``-num_gpus 1`` run; first/last train
+   loss from nnU-Net's training log.
 C. Prediction. A synthetic whole-body CT (512×512×400 at 0.8 mm) and a 105-class STU-Net-S model folder (random but
    seeded weights, written by stunet.nnunet.convert): ``stunet-predict`` vs ``nnUNetv2_predict_from_modelfolder`` (no
    mirroring, step 0.5): wall time, peak GPU memory, peak host memory of the process tree, per-label Dice agreement;
@@ -64,7 +65,7 @@ from process_monitor import run_measured  # noqa: E402
 
 # trainers of section B (nnUNetv2_train -tr ...)
 TRAINER_FP16 = "STUNetTrainer_small_ft_smoke"
-TRAINER_BF16 = "STUNetTrainer_small_ft_bf16_smoke"
+TRAINER_BF16 = "STUNetTrainer_small_ft_smoke"  # with STUNET_PRECISION=bf16
 TRAINER_NUM_GPUS = "STUNetTrainer_small_smoke"
 
 SIZES = ("stunet_small", "stunet_base", "stunet_large", "stunet_huge")
@@ -485,9 +486,9 @@ def run_command(command: list[str], env: dict, log: Path, timeout: float) -> tup
                                f"log {log}") from None
         if code and code.group(1) in ("137", "-9"):
             raise RuntimeError(f"{Path(command[0]).name} was killed (SIGKILL: out of host memory?): "
-                               f"{last_error(log)}") from None
+                               f"{last_error(log)}") from e
         raise RuntimeError(f"{' '.join(Path(c).name if i == 0 else c for i, c in enumerate(command))[:300]} "
-                           f"exited {code.group(1) if code else '?'}: {last_error(log)}") from None
+                           f"exited {code.group(1) if code else '?'}: {last_error(log)}") from e
 
 
 def last_error(log: Path) -> str:
@@ -584,15 +585,17 @@ def section_b(report: Report, clock: Clock, device: torch.device, tiny: bool, wo
 
     attempt(report, clock, "B", "released-format STU-Net-S .model", weights)
 
-    def train(trainer: str, *extra: str):
+    def train(trainer: str, *extra: str, precision: str = "fp16"):
         def run():
             if "planned" not in state:
                 raise RuntimeError("not run: nnUNetv2_plan_and_preprocess failed")
             if "-pretrained_weights" in extra and "weights" not in state:
                 raise RuntimeError("not run: the released-format .model was not written")
             args = [a if a != "WEIGHTS" else str(state.get("weights")) for a in extra]
+            run_env = {**env, "STUNET_PRECISION": precision}  # the same trainer in either precision
             wall, rss = run_command([bin_path("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
-                                     "-device", device.type, *args], env, logs / f"train_{trainer}.log", clock.left())
+                                     "-device", device.type, *args], run_env,
+                                    logs / f"train_{trainer}_{precision}.log", clock.left())
             folds = list((root / "results").glob(f"Dataset*/{trainer}__nnUNetPlans__3d_fullres/fold_0"))
             if not folds:
                 raise FileNotFoundError(f"no results folder of {trainer} under {root / 'results'}")
@@ -609,12 +612,12 @@ def section_b(report: Report, clock: Clock, device: torch.device, tiny: bool, wo
 
     attempt(report, clock, "B", f"nnUNetv2_train -tr {TRAINER_FP16} -pretrained_weights (fp16)",
             train(TRAINER_FP16, "-pretrained_weights", "WEIGHTS"))
-    attempt(report, clock, "B", f"nnUNetv2_train -tr {TRAINER_BF16} -pretrained_weights (bf16)",
-            train(TRAINER_BF16, "-pretrained_weights", "WEIGHTS"))
+    attempt(report, clock, "B", f"nnUNetv2_train -tr {TRAINER_BF16} -pretrained_weights (bf16, STUNET_PRECISION)",
+            train(TRAINER_BF16, "-pretrained_weights", "WEIGHTS", precision="bf16"))
     attempt(report, clock, "B", f"nnUNetv2_train -tr {TRAINER_NUM_GPUS} -num_gpus 1",
             train(TRAINER_NUM_GPUS, "-num_gpus", "1"))
     if device.type == "cpu":
-        report.note("B", "-device cpu: nnU-Net's autocast (fp16, or bf16 with the _bf16 trainers) applies on CUDA "
+        report.note("B", "-device cpu: nnU-Net's autocast (fp16, or bf16 with STUNET_PRECISION=bf16) applies on CUDA "
                          "only, so on a CPU these runs check that the commands and trainers work, in fp32")
 
 

@@ -1,5 +1,6 @@
 """Every ``STUNET_*`` environment variable, read here and nowhere else, each when it is needed (never cached, so a
-test or a launcher may change it between calls). Library code reads settings; it never writes ``os.environ``.
+test or a launcher may change it between calls). Library code reads settings; it never writes ``os.environ``. The
+table below is the users' documentation too: docs/settings.md holds a copy (keep the two alike).
 
 | variable | read by | meaning |
 |---|---|---|

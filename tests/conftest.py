@@ -1,10 +1,11 @@
-import os
 from pathlib import Path
 
 import pytest
 
+from stunet import settings
+
 # ../shared beside the checkout holds the read-only reference material; STUNET_SHARED may point elsewhere.
-SHARED = Path(os.environ.get("STUNET_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(settings.shared() or Path(__file__).resolve().parents[2] / "shared")
 
 
 def shared_file(relative: str) -> Path:

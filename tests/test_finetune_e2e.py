@@ -16,9 +16,14 @@ def released_small(tmp_path_factory):
     return write_v1(model.state_dict(), tmp_path_factory.mktemp("released") / "small_ep4k.model")
 
 
-def _train(planned_dataset, trainer, *extra):
+TRAINER_SETTINGS = ("STUNET_PRECISION", "STUNET_ACTIVATION_CHECKPOINTING", "STUNET_LABEL_MAP",
+                    "STUNET_TRUST_CHECKPOINT")
+
+
+def _train(planned_dataset, trainer, *extra, **settings):
     root, _, env = planned_dataset
-    log = run(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra], env)
+    log = run(["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra],
+              {**{k: v for k, v in env.items() if k not in TRAINER_SETTINGS}, **settings})
     fold = root / "results" / "Dataset990_STUNetSynthetic" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
     return log, load_checkpoint(fold / "checkpoint_final.pth").state_dict
 
@@ -36,7 +41,8 @@ def test_fine_tune_from_released_v1_checkpoint(planned_dataset, released_small):
         "STUNetTrainer_small_ft_smoke__nnUNetPlans__3d_fullres" / "fold_0"
     training_log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "STU-Net: stunet_small, 14.55M parameters, 1 input channel(s), 3 outputs" in training_log
-    assert "precision 'fp16' (trainer STUNetTrainer_small_ft_smoke)" in training_log
+    assert "precision 'fp16' (default)" in training_log
+    assert "trainable 'all' (trainer STUNetTrainer_small_ft_smoke)" in training_log
     assert "stunet_options" in (fold / "debug.json").read_text()
     assert trained["seg_outputs.4.weight"].shape[0] == 3  # background, ball, box
     changed = [k for k in pretrained if not k.startswith("seg_outputs.") and not torch.equal(pretrained[k], trained[k])]
@@ -45,8 +51,10 @@ def test_fine_tune_from_released_v1_checkpoint(planned_dataset, released_small):
 
 def test_frozen_encoder_stays_equal_to_the_pretrained_weights(planned_dataset, released_small):
     pretrained = load_checkpoint(released_small).state_dict
-    _, trained = _train(planned_dataset, "STUNetTrainer_small_ft_frozen_encoder_smoke", "-pretrained_weights",
-                        str(released_small))
+    log, trained = _train(planned_dataset, "STUNetTrainer_small_ft_frozen_encoder_smoke", "-pretrained_weights",
+                          str(released_small), STUNET_PRECISION="bf16")
+    # precision is one setting for every trainer (on the CPU nnU-Net trains in float32 whatever it says)
+    assert "precision 'bf16' (STUNET_PRECISION)" in log
     encoder = [k for k in pretrained if k.startswith("conv_blocks_context.")]
     assert encoder and all(torch.equal(pretrained[k], trained[k]) for k in encoder)
     decoder = [k for k in pretrained if k.startswith("conv_blocks_localization.")]

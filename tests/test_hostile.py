@@ -476,7 +476,7 @@ def test_pretrained_weights_of_a_trainer_fail_in_one_line(hostile):
     run with one line naming it (SystemExit), before any weight is touched."""
     import nnunetv2.run.run_training as run_training
 
-    from stunet.nnunet.finetune import route_pretrained_loading
+    from stunet.nnunet.finetune import pretrained_loading_routed
     from stunet.nnunet.trainer import STUNetTrainer
 
     class Trainer:  # what the loader uses of a trainer before the checkpoint is read
@@ -487,13 +487,14 @@ def test_pretrained_weights_of_a_trainer_fail_in_one_line(hostile):
             self.network = torch.nn.Linear(1, 1)
 
     trainer = Trainer()
-    route_pretrained_loading(trainer)
+    original = run_training.load_pretrained_weights
     for name in ("reference_bomb_pth", "object_field_pth", "zip_bomb", "truncated_zip"):
-        with pytest.raises(SystemExit) as stop:
+        with pretrained_loading_routed(trainer), pytest.raises(SystemExit) as stop:
             run_training.load_pretrained_weights(trainer.network, str(hostile[name]))
         message = str(stop.value.code)
         assert message.startswith("nnUNetv2_train: error: -pretrained_weights") and str(hostile[name]) in message
         assert "\n" not in message
+    assert run_training.load_pretrained_weights is original  # nothing stays patched
 
 
 def test_console_scripts_print_one_line_without_traceback(hostile, tmp_path):

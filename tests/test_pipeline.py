@@ -43,6 +43,29 @@ def test_image_resampling_matches_nnunets(shape, new_shape, order, separate_axis
     assert np.abs(ours - expected).max() < 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("shape, new_shape, separate_axis", [
+    ((30, 41, 37), (57, 22, 70), None),  # up and down
+    ((12, 40, 44), (20, 64, 30), 0),  # anisotropic: nearest along z
+    ((44, 12, 40), (30, 20, 64), 1),
+])
+def test_feature_resampling_matches_nnunets_and_the_matrix_path(shape, new_shape, separate_axis):
+    """The two ways of applying one interpolation (stunet.prediction.resample): the export's chunks of gathered taps
+    and the banded matrix products give nnU-Net's probability resampling (linear, nearest along a separate axis)."""
+    from stunet.prediction.resample import resample_axis, resample_chunks, resampling_matrix
+
+    features = np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32)
+    expected = resample_data_or_seg(features.copy(), new_shape, False, separate_axis, 1, separate_axis is not None, 0)
+    orders = [0 if a == separate_axis else 1 for a in range(3)]
+    chunked = torch.empty((*new_shape, 3))
+    for rows, part in resample_chunks(torch.from_numpy(features).movedim(0, -1), new_shape, orders, chunk=5):
+        chunked[rows] = part
+    matrices = torch.from_numpy(features)
+    for axis, (n_in, n_out, order) in enumerate(zip(shape, new_shape, orders)):
+        matrices = resample_axis(matrices, axis + 1, resampling_matrix(n_in, n_out, order))
+    chunked = chunked.movedim(-1, 0).numpy()
+    assert np.abs(chunked - expected).max() < 1e-5 and np.abs(matrices.numpy() - chunked).max() < 1e-5
+
+
 def _nnunet_preprocessing(model: Model, image: np.ndarray, properties: dict):
     cm = model.configuration_manager
     return cm.preprocessor_class(verbose=False).run_case_npy(image.copy(), None, copy.deepcopy(properties),
@@ -183,7 +206,7 @@ def test_a_written_image_round_trips_through_the_reader(model, tmp_path):
 def test_an_image_larger_than_memory_is_refused_early_with_the_estimate(model, tmp_path, monkeypatch):
     """The estimate (stunet.models.memory) against the memory available, before the image is read; a budget the
     user sets skips it."""
-    import stunet.cases as cases
+    import stunet.prediction.budget as cases  # where available_memory is read
     from stunet.prediction.discovery import Case
     from stunet.errors import CaseError
     from stunet.prediction.budget import VoxelBudget

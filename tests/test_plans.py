@@ -148,3 +148,130 @@ def test_checkpointing_in_the_plans_buys_a_larger_patch():
     ckpt = _planner("stunet_large", 12, "stage").get_plans_for_configuration([1.5] * 3, [300] * 3, "x", 1e12, {})
     assert np.prod(ckpt["patch_size"]) > np.prod(plain["patch_size"])
     assert ckpt["architecture"]["arch_kwargs"]["activation_checkpointing"] == "stage"
+
+
+# -- one source for the released preprocessing (issue 24, point 5) ---------------------------------------------------
+#: what the released preprocessing sets in the plans and in their 3d_fullres configuration
+RELEASED_PLANS_ENTRIES = ("image_reader_writer", "transpose_forward", "transpose_backward")
+RELEASED_CONFIGURATION_ENTRIES = ("spacing", "patch_size", "normalization_schemes", "use_mask_for_norm",
+                                  "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
+                                  "resampling_fn_seg_kwargs", "resampling_fn_probabilities",
+                                  "resampling_fn_probabilities_kwargs")
+
+
+def _companion_plans(config) -> dict | None:
+    """Fabricated nnU-Net v1 plans (a companion .model.pkl's) for a release whose own are not published: CT
+    normalization with its statistics and a transposition for one-channel releases, z-score with masks for others."""
+    if not config.unknown:
+        return None
+    channels, ct = config.in_channels, config.in_channels == 1
+    stage = {"batch_size": 2, "patch_size": np.array([32, 64, 64]), "current_spacing": np.array([3.0, 0.8, 0.8]),
+             "pool_op_kernel_sizes": [[1, 2, 2]] + [[2, 2, 2]] * 3 + [[1, 2, 2]],
+             "conv_kernel_sizes": [[3, 3, 3]] * 6}
+    return {"num_stages": 1, "num_modalities": channels, "num_classes": config.num_classes - 1,
+            "modalities": {c: f"mod{c}" for c in range(channels)},
+            "normalization_schemes": {c: "CT" if ct else "nonCT" for c in range(channels)},
+            "use_mask_for_norm": {c: not ct for c in range(channels)},
+            "transpose_forward": [2, 0, 1] if ct else [0, 1, 2], "transpose_backward": [1, 2, 0] if ct else [0, 1, 2],
+            "plans_per_stage": {0: stage},
+            "dataset_properties": {"intensityproperties": {c: {"mean": 40.0, "sd": 300.0, "percentile_00_5": -1000.0,
+                                                               "percentile_99_5": 1500.0} for c in range(channels)}}}
+
+
+def _planner_plans(config, companion, tmp_path, monkeypatch) -> dict:
+    """What ``stunet-plans --pretrained`` writes for a dataset of the release's channels (its own fingerprint's
+    spacing, shapes and intensities differ from the release's)."""
+    from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+    from stunet.nnunet.plans import dataset_json_for_pretrained
+
+    name = "Dataset991_Released"
+    raw, preprocessed = tmp_path / "raw", tmp_path / "preprocessed"
+    (raw / name / "imagesTr").mkdir(parents=True)
+    (preprocessed / name).mkdir(parents=True)
+    dataset_json = {**dataset_json_for_pretrained(config), "numTraining": 10}
+    (raw / name / "dataset.json").write_text(json.dumps(dataset_json))
+    channels = range(config.in_channels)
+    fingerprint = {"spacings": [[2.0, 0.9, 0.7]] * 3, "shapes_after_crop": [[60, 200, 180]] * 3,
+                   "median_relative_size_after_cropping": 1.0,
+                   "foreground_intensity_properties_per_channel": {str(c): {
+                       "mean": 1.0, "median": 1.0, "std": 2.0, "min": -5.0, "max": 5.0, "percentile_00_5": -4.0,
+                       "percentile_99_5": 4.0} for c in channels}}
+    (preprocessed / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    monkeypatch.setattr(default_experiment_planner, "nnUNet_raw", str(raw))
+    monkeypatch.setattr(default_experiment_planner, "nnUNet_preprocessed", str(preprocessed))
+    planner = PLANNERS[config.model](name, gpu_memory_target_in_gb=80, pretrained=config.completed(companion))
+    planner.plan_experiment()
+    return json.loads((preprocessed / name / f"{planner.plans_identifier}.json").read_text())
+
+
+def _converter_plans(config, companion, tmp_path) -> dict:
+    """The plans ``stunet-convert`` writes into an nnU-Net model folder for a released checkpoint (its tensors on the
+    meta device: only their shapes matter)."""
+    from stunet.nnunet.convert import nnunet_v2_parts
+    from stunet.models.registry import model_builder
+    from stunet.weights.checkpoint import Checkpoint
+
+    with torch.device("meta"):
+        state = model_builder(config.model)(**config.completed(companion).architecture).state_dict()
+    checkpoint = Checkpoint(tmp_path / config.checkpoint_file, "nnunet-v1", state, config.trainer, companion)
+    _, plans, _ = nnunet_v2_parts(checkpoint, config.name)
+    return plans
+
+
+def _predictor_plans(config, companion, tmp_path, monkeypatch) -> dict:
+    """The plans ``stunet-predict --pretrained`` predicts with (stunet.prediction.model.load_pretrained), the network
+    built on the meta device in place of reading the weights."""
+    import stunet.weights.factory as factory
+    from stunet.models.registry import model_builder
+    from stunet.prediction.model import load_pretrained
+
+    def network(name, pretrained, **kwargs):
+        done = config.completed(companion)
+        with torch.device("meta"):
+            net = model_builder(done.model)(**done.architecture, deep_supervision=False)
+        net.pretrained_config = done
+        return net
+
+    monkeypatch.setattr(factory, "create_model", network)
+    return load_pretrained(config.name, tmp_path / config.checkpoint_file).plans
+
+
+def _released_entries(plans: dict, config) -> dict:
+    """The entries the released preprocessing sets (and the strides), as plans.json holds them."""
+    plans = json.loads(json.dumps(plans))
+    configuration = plans["configurations"]["3d_fullres"]
+    entries = {**{k: plans[k] for k in RELEASED_PLANS_ENTRIES},
+               **{k: configuration[k] for k in RELEASED_CONFIGURATION_ENTRIES},
+               "strides": configuration["architecture"]["arch_kwargs"]["strides"]}
+    if "intensity_properties" in config.preprocessing:
+        entries["intensities"] = plans["foreground_intensity_properties_per_channel"]
+    return entries
+
+
+@pytest.mark.parametrize("name", ["stunet_small.totalseg104", "stunet_base.totalseg104", "stunet_large.totalseg104",
+                                  "stunet_huge.totalseg104", "stunet_base.ct_org", "stunet_base.feta21",
+                                  "stunet_base.brats21"])
+def test_planner_converter_and_predictor_take_one_released_preprocessing(name, tmp_path, monkeypatch):
+    from stunet.weights.pretrained import get_pretrained_config, list_pretrained
+
+    shipped = [n for n in list_pretrained() if get_pretrained_config(n).origin.startswith("pretrained_configs/")]
+    assert name in shipped and len(shipped) == 7  # a new shipped release belongs in the parameters above
+    config = get_pretrained_config(name)
+    companion = _companion_plans(config)
+    done = config.completed(companion)
+    planned = _released_entries(_planner_plans(config, companion, tmp_path, monkeypatch), done)
+    converted = _released_entries(_converter_plans(config, companion, tmp_path), done)
+    predicted = _released_entries(_predictor_plans(config, companion, tmp_path, monkeypatch), done)
+    assert planned == converted == predicted
+    if companion is None:  # the TotalSegmentator releases, as published
+        assert planned["spacing"] == [1.5, 1.5, 1.5] and planned["patch_size"] == [128, 128, 128]
+        assert planned["transpose_forward"] == [0, 1, 2] and planned["image_reader_writer"] == "SimpleITKIO"
+        assert planned["normalization_schemes"] == ["ZScoreNormalization"] and planned["use_mask_for_norm"] == [False]
+        assert planned["strides"][1:] == [[2, 2, 2]] * 4 + [[1, 1, 2]]
+    elif config.in_channels == 1:  # transposed, CT normalization with the release's statistics
+        assert planned["transpose_forward"] == [2, 0, 1] and planned["spacing"] == [3.0, 0.8, 0.8]
+        assert planned["normalization_schemes"] == ["CTNormalization"]
+        assert planned["intensities"]["0"]["percentile_00_5"] == -1000.0
+    else:
+        assert planned["normalization_schemes"] == ["ZScoreNormalization"] * 4
+        assert planned["use_mask_for_norm"] == [True] * 4

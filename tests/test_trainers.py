@@ -1,6 +1,13 @@
-"""STU-Net trainers without training: the committed list of names, composition of name parts, options and where they
-come from, the -pretrained_weights dispatch, bf16 scoped to the trainer's own calls, the decoder view."""
+"""STU-Net trainers without training: the hand-written names (each a class line of nnunet_plugins/stunet_trainers.py),
+how parts compose, the former names and the one line that names their replacement (through nnU-Net's own lookup),
+options and where they come from, bf16 autocast scoped to the trainer's own calls, the -pretrained_weights route
+(scoped: nothing stays patched), the decoder view."""
+import ast
 import gc
+import itertools
+import re
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -8,58 +15,206 @@ import torch
 from torch import nn
 
 import stunet
+from nnunet_helpers import BIN, nnunet_env
+from stunet.errors import CheckpointError
 from stunet.nnunet.env import trainer_folder
+from stunet.nnunet.trainer import (FineTune, MirroringOnly, RemovedTrainer, STUNetTrainer, Smoke, TrainerRemoved,
+                                   describe_trainer)
 from stunet.nnunet_plugins import stunet_trainers
-from stunet.nnunet.trainer import (FineTune, MirroringOnly, STUNetTrainer, describe_trainer, render_trainer_module, trainer_variants)
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = trainer_folder() / "stunet_trainers.py"
+TRAINERS = {name: value for name, value in vars(stunet_trainers).items()
+            if isinstance(value, type) and issubclass(value, STUNetTrainer)}
+# the grammar of the 320 names generated before the trainers were written by hand
+FORMER = ["STUNetTrainer_" + "".join(parts) for parts in itertools.product(
+    ("small", "base", "large", "huge"), ("", "_ft", "_ft_paper", "_ft_frozen_encoder", "_ft_heads"),
+    ("", "_mirroronly"), ("", "_bf16"), ("", "_ep4k", "_quick", "_smoke"))]
 
 
-def test_the_committed_trainer_module_lists_every_name_of_the_grammar():
-    committed = (trainer_folder() / "stunet_trainers.py").read_text()
-    assert committed == render_trainer_module(), "run: python -m stunet.nnunet.trainer > nnunet_plugins/stunet_trainers.py"
-    names = [name for name, _, _ in trainer_variants()]
-    assert len(names) == len(set(names)) == 320
-    for name in names:
-        assert f"class {name}(" in committed  # greppable
-        assert issubclass(getattr(stunet_trainers, name), STUNetTrainer)
-        assert describe_trainer(name)
+def test_every_trainer_name_is_a_class_line_of_the_plugin_file():
+    source = PLUGIN.read_text()
+    class_lines = {node.name for node in ast.parse(source).body if isinstance(node, ast.ClassDef)}
+    assert set(TRAINERS) == class_lines  # nothing generated, nothing imported under a trainer's name
+    for name in TRAINERS:
+        assert re.search(rf"^class {name}\(", source, re.MULTILINE), name  # greppable
+        assert describe_trainer(TRAINERS[name])
+    assert 20 <= len(TRAINERS) <= 40
+    assert not [name for name in TRAINERS if "bf16" in name]  # precision is STUNET_PRECISION, not a name
 
 
-def test_name_parts_compose():
-    trainer = stunet_trainers.STUNetTrainer_large_ft_mirroronly_bf16_quick
-    assert issubclass(trainer, FineTune) and issubclass(trainer, MirroringOnly)
-    assert trainer.model_name == "stunet_large" and trainer.precision == "bf16" and trainer.requires_pretrained
-    assert trainer.merged_settings() == {"initial_lr": 1e-3, "num_epochs": 5, "num_iterations_per_epoch": 20,
-                                         "num_val_iterations_per_epoch": 5}
+def test_the_documented_names_are_there():
+    sizes = ("small", "base", "large", "huge")
+    for size in sizes:
+        for suffix in ("", "_ft", "_ft_paper", "_ft_frozen_encoder", "_ft_heads", "_mirroronly_ep4k"):
+            assert f"STUNetTrainer_{size}{suffix}" in TRAINERS
+    assert "STUNetTrainer" in TRAINERS
+
+
+# every STUNetTrainer_<name> the repository mentions (a results folder's first part), except in this file
+MENTIONS = sorted(p for pattern in ("README.md", "docs/*.md", "stunet/**/*.py", "benchmarks/*.py", "tests/*.py")
+                  for p in ROOT.glob(pattern) if p.name != Path(__file__).name)
+STALE: dict[str, str] = {}  # path -> why it may still name a removed trainer (a strict xfail: fixed, it fails)
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=STALE[str(
+    p.relative_to(ROOT))])) if str(p.relative_to(ROOT)) in STALE else p for p in MENTIONS],
+    ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_repository_names_only_trainers_that_exist(path):
+    """Docs, commands, benchmarks and tests name existing trainers; a former name only where a line says it was
+    removed."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for name in re.findall(r"\bSTUNetTrainer_[a-z][a-z0-9_]*", line):
+            name = name.split("__")[0]
+            known = name in TRAINERS or "removed" in line or "former" in line.lower()
+            assert known, f"{path}:{number} names {name}, which is no trainer"
+
+
+def test_parts_compose():
+    trainer = stunet_trainers.STUNetTrainer_small_ft_smoke
+    assert issubclass(trainer, FineTune) and issubclass(trainer, Smoke) and trainer.requires_pretrained
+    assert trainer.model_name == "stunet_small" and trainer.__mro__[1] is Smoke  # one thing over its parent
+    assert trainer.merged_settings() == {"initial_lr": 1e-3, "num_epochs": 2, "num_iterations_per_epoch": 5,
+                                         "num_val_iterations_per_epoch": 2}
+    pretraining = stunet_trainers.STUNetTrainer_small_mirroronly_smoke  # the recipe, 2 epochs instead of 4000
+    assert issubclass(pretraining, MirroringOnly) and pretraining.merged_settings()["num_epochs"] == 2
+    assert stunet_trainers.STUNetTrainer_large_mirroronly_ep4k.merged_settings() == {"num_epochs": 4000}
     assert stunet_trainers.STUNetTrainer_small_ft_heads.trainable == "heads"
-    assert "fine-tuning" in describe_trainer("STUNetTrainer_base_ft_mirroronly")
+    assert "fine-tuning" in describe_trainer(stunet_trainers.STUNetTrainer_base_ft)
+    assert "4000" not in describe_trainer(pretraining) and "mirroring" in describe_trainer(pretraining)
+    for name, trainer in TRAINERS.items():
+        size = name.split("_")[1] if "_" in name else None
+        assert trainer.model_name == (f"stunet_{size}" if size else None), name
+
+
+def test_each_former_name_is_a_trainer_or_stops_with_one_line_naming_its_replacement():
+    assert len(FORMER) == 320
+    for name in FORMER:
+        if name in TRAINERS:
+            continue
+        removed = getattr(stunet_trainers, name)
+        assert issubclass(removed, RemovedTrainer) and getattr(stunet_trainers, name) is removed
+        message = removed.removed_message
+        replacement = re.fullmatch(
+            rf"{name} was removed: use -tr (STUNetTrainer_\w+)( with STUNET_PRECISION=bf16)?"
+            r"(; for .+, subclass it with .+ from stunet\.nnunet\.trainer \(docs/training.md\))?", message)
+        assert replacement and "\n" not in message, message
+        assert replacement[1] in TRAINERS and (replacement[2] is not None) == ("_bf16" in name), message
+        assert TRAINERS[replacement[1]].model_name == removed.model_name
+        with pytest.raises(TrainerRemoved) as stop:  # nnU-Net instantiates the class it found: one line, exit 1
+            removed({}, "3d_fullres", 0, {})
+        assert isinstance(stop.value, SystemExit) and str(stop.value.code) == message
+    assert not hasattr(stunet_trainers, "STUNetTrainer_small_bf16_ft")  # not of the former grammar
+    assert not hasattr(stunet_trainers, "STUNetTrainer_tiny_ft_bf16")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("STUNetTrainer_large_ft_bf16", "STUNetTrainer_large_ft_bf16 was removed: use -tr STUNetTrainer_large_ft with "
+                                    "STUNET_PRECISION=bf16"),
+    ("STUNetTrainer_small_bf16", "STUNetTrainer_small_bf16 was removed: use -tr STUNetTrainer_small with "
+                                 "STUNET_PRECISION=bf16"),
+    ("STUNetTrainer_large_mirroronly_bf16_ep4k", "STUNetTrainer_large_mirroronly_bf16_ep4k was removed: use -tr "
+                                                 "STUNetTrainer_large_mirroronly_ep4k with STUNET_PRECISION=bf16"),
+    ("STUNetTrainer_small_mirroronly_bf16_quick", "STUNetTrainer_small_mirroronly_bf16_quick was removed: use -tr "
+     "STUNetTrainer_small_quick with STUNET_PRECISION=bf16; for mirroring-only augmentation, subclass it with "
+     "MirroringOnly from stunet.nnunet.trainer (docs/training.md)"),
+    ("STUNetTrainer_base_ft_smoke", "STUNetTrainer_base_ft_smoke was removed: use -tr STUNetTrainer_base_ft; for the "
+     "2-epoch schedule, subclass it with Smoke from stunet.nnunet.trainer (docs/training.md)"),
+    ("STUNetTrainer_huge_ep4k", "STUNetTrainer_huge_ep4k was removed: use -tr STUNetTrainer_huge; for 4000 epochs, "
+     "subclass it with Epochs4000 from stunet.nnunet.trainer (docs/training.md)"),
+])
+def test_former_name_patterns(name, message):
+    assert getattr(stunet_trainers, name).removed_message == message
+
+
+def test_a_former_name_still_builds_its_network_for_prediction():
+    """Results folders trained under a former name keep predicting: the class builds the replacement's network."""
+    config = SimpleNamespace(pool_op_kernel_sizes=[[1, 1, 1]] + [[2, 2, 2]] * 5)
+    with torch.device("meta"):
+        net = stunet_trainers.STUNetTrainer_base_ft_bf16.build_network_architecture(None, config, 1, 3, False)
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in stunet_trainers.STUNetTrainer_base_ft.build_network_architecture(
+            None, config, 1, 3, False).parameters())
+
+
+def test_nnunets_lookup_finds_the_former_name_and_its_message(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainer_folder()))
+    found = recursive_find_trainer_class_by_name("STUNetTrainer_large_ft_bf16")
+    assert found.removed_message.startswith("STUNetTrainer_large_ft_bf16 was removed: use -tr STUNetTrainer_large_ft")
+    assert recursive_find_trainer_class_by_name("STUNetTrainer_large_ft").__name__ == "STUNetTrainer_large_ft"
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):  # other names: nnU-Net's error
+        recursive_find_trainer_class_by_name("STUNetTrainer_large_ft_bf16_paper")
+
+
+def test_the_stock_command_stops_with_the_one_line(tmp_path):
+    """``nnUNetv2_train -tr <former name>``, unpatched nnU-Net: exit 1, one line on stderr naming the replacement."""
+    dataset = tmp_path / "preprocessed" / "Dataset990_Former"
+    dataset.mkdir(parents=True)
+    for name in ("nnUNetPlans.json", "dataset.json"):  # nnU-Net reads both before it builds the trainer
+        (dataset / name).write_text("{}")
+    done = subprocess.run([str(BIN / "nnUNetv2_train"), "990", "3d_fullres", "0", "-tr",
+                           "STUNetTrainer_small_ft_mirroronly_bf16_smoke", "-device", "cpu"], env=nnunet_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    ours = [line for line in done.stderr.splitlines() if "STUNetTrainer" in line]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert ours == ["STUNetTrainer_small_ft_mirroronly_bf16_smoke was removed: use -tr STUNetTrainer_small_ft_smoke "
+                    "with STUNET_PRECISION=bf16; for mirroring-only augmentation, subclass it with MirroringOnly from "
+                    "stunet.nnunet.trainer (docs/training.md)"], done.stderr
+
+
+def test_stunet_train_and_stunet_info_say_the_same(capsys):
+    from stunet.cli import info, train
+
+    expected = stunet_trainers.STUNetTrainer_large_ft_bf16.removed_message
+    with pytest.raises(SystemExit) as stop:
+        train.main(["4", "3d_fullres", "0", "-tr", "STUNetTrainer_large_ft_bf16"])
+    assert stop.value.code == f"stunet-train: error: {expected}"
+    with pytest.raises(SystemExit) as stop:
+        info.main(["--trainers", "STUNetTrainer_large_ft_bf16"])
+    assert stop.value.code == 2 and capsys.readouterr().err == f"stunet-info: error: {expected}\n"
+    info.main(["--trainers"])
+    listing = capsys.readouterr().out
+    assert f"{len(TRAINERS)} STU-Net trainers" in listing and "STUNET_PRECISION=bf16" in listing
+    rows = [line.split()[0] for line in listing.splitlines() if line.startswith("STUNetTrainer")]
+    assert rows == list(TRAINERS)
 
 
 def _fake_trainer(trainer_class, configuration: dict):
     """An object with what STUNetTrainer._options reads, named like ``trainer_class``."""
     fake = type(trainer_class.__name__, (), {})()
-    fake.precision, fake.trainable = trainer_class.precision, trainer_class.trainable
-    fake.body_lr_factor = trainer_class.body_lr_factor
+    fake.trainable, fake.body_lr_factor = trainer_class.trainable, trainer_class.body_lr_factor
     fake.configuration_manager = SimpleNamespace(configuration=configuration)
     return fake
 
 
-def test_options_come_from_name_and_plans_and_the_environment_only_overrides(monkeypatch):
+def test_options_come_from_name_and_plans_and_the_settings_override(monkeypatch):
     for variable in ("STUNET_PRECISION", "STUNET_ACTIVATION_CHECKPOINTING", "STUNET_LABEL_MAP",
                      "STUNET_TRUST_CHECKPOINT"):
         monkeypatch.delenv(variable, raising=False)
-    trainer_class = stunet_trainers.STUNetTrainer_small_bf16
+    trainer_class = stunet_trainers.STUNetTrainer_small_ft_heads
     plans = {"architecture": {"network_class_name": "stunet.nnunet.network.STUNetFromPlans",
                               "arch_kwargs": {"activation_checkpointing": "block"}}, "stunet_label_map": "amos22"}
     fake = _fake_trainer(trainer_class, plans)
     fake.configuration_manager.network_arch_class_name = "stunet.nnunet.network.STUNetFromPlans"
     options = STUNetTrainer._options(fake)
-    assert options["precision"] == ("bf16", "trainer STUNetTrainer_small_bf16") and options["activation_checkpointing"] == ("block", "plans")
+    assert options["precision"] == ("fp16", "default") and options["activation_checkpointing"] == ("block", "plans")
     assert options["label_map"] == ("amos22", "plans") and options["trust_checkpoint"] == (False, "default")
-    monkeypatch.setenv("STUNET_PRECISION", "fp16")
+    assert options["trainable"] == ("heads", "trainer STUNetTrainer_small_ft_heads")
+    monkeypatch.setenv("STUNET_PRECISION", "BF16")
     monkeypatch.setenv("STUNET_ACTIVATION_CHECKPOINTING", "stage")
+    monkeypatch.setenv("STUNET_LABEL_MAP", "btcv")
+    monkeypatch.setenv("STUNET_TRUST_CHECKPOINT", "Yes")
     options = STUNetTrainer._options(fake)
-    assert options["precision"] == ("fp16", "environment")
-    assert options["activation_checkpointing"] == ("stage", "environment")
+    assert options["precision"] == ("bf16", "STUNET_PRECISION")
+    assert options["activation_checkpointing"] == ("stage", "STUNET_ACTIVATION_CHECKPOINTING")
+    assert options["label_map"] == ("btcv", "STUNET_LABEL_MAP")
+    assert options["trust_checkpoint"] == (True, "STUNET_TRUST_CHECKPOINT")
+    monkeypatch.setenv("STUNET_TRUST_CHECKPOINT", "perhaps")  # one yes/no parser: a typo is an error
+    with pytest.raises(ValueError, match="STUNET_TRUST_CHECKPOINT"):
+        STUNetTrainer._options(fake)
+    monkeypatch.setenv("STUNET_TRUST_CHECKPOINT", "0")
     monkeypatch.setenv("STUNET_PRECISION", "fp8")
     with pytest.raises(ValueError, match="fp16 or bf16"):
         STUNetTrainer._options(fake)
@@ -67,13 +222,29 @@ def test_options_come_from_name_and_plans_and_the_environment_only_overrides(mon
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_bf16_autocast_is_scoped_to_the_trainers_own_calls():
-    fake = SimpleNamespace(stunet_options={"precision": ("bf16", "trainer")}, device=torch.device("cuda"))
-    before = torch.get_autocast_dtype("cuda")
-    context = STUNetTrainer._autocast(fake)
-    assert context.fast_dtype == torch.bfloat16
-    assert torch.get_autocast_dtype("cuda") == before == torch.float16  # nothing process-wide was changed
-    fake.device = torch.device("cpu")
-    assert not isinstance(STUNetTrainer._autocast(fake), torch.autocast)  # CPU training runs in fp32, as nnU-Net's
+    """Inside the trainer's context, the autocast nnU-Net opens in train_step (``autocast('cuda', enabled=True)``, no
+    dtype) runs in bfloat16; after it, nothing is left of it. On the CPU nothing is entered at all."""
+    fake = SimpleNamespace(stunet_options={"precision": ("bf16", "STUNET_PRECISION")}, device=torch.device("cuda"))
+    assert torch.get_autocast_dtype("cuda") == torch.float16 and not torch.is_autocast_enabled("cuda")
+    with STUNetTrainer._autocast(fake):
+        assert torch.get_autocast_dtype("cuda") == torch.bfloat16
+        assert torch.is_autocast_enabled("cuda") == torch.cuda.is_available()
+        with torch.autocast("cuda", enabled=True) as nnunets:  # as nnUNetTrainer.train_step enters it
+            assert nnunets.fast_dtype == torch.bfloat16
+            if torch.cuda.is_available():
+                a = torch.ones(8, 8, device="cuda")
+                assert (a @ a).dtype == torch.bfloat16
+    assert torch.get_autocast_dtype("cuda") == torch.float16 and not torch.is_autocast_enabled("cuda")
+    with torch.autocast("cuda", enabled=True) as later:  # nnU-Net's own fp16 outside the trainer's calls
+        assert later.fast_dtype == torch.float16
+    fake.stunet_options = {"precision": ("fp16", "default")}
+    with STUNetTrainer._autocast(fake):
+        assert torch.get_autocast_dtype("cuda") == torch.float16
+    fake.device, fake.stunet_options = torch.device("cpu"), {"precision": ("bf16", "STUNET_PRECISION")}
+    before = torch.get_autocast_dtype("cpu")
+    with STUNetTrainer._autocast(fake):  # CPU training runs in float32, as nnU-Net's
+        assert not torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == before
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
 
 
 class _Stock(nn.Module):
@@ -82,36 +253,78 @@ class _Stock(nn.Module):
         self.layer = nn.Linear(2, 2)
 
 
-def test_pretrained_weights_dispatch_leaves_other_trainers_on_nnunets_loader(tmp_path):
+class _Trainer:
+    """What the route uses of a trainer: its network and its loader."""
+
+    def __init__(self, calls, fail=False):
+        self.network = stunet.create_model("stunet_small", depths=[1, 1], widths=[2, 2], strides=[2], num_classes=2)
+        self.calls, self.fail = calls, fail
+
+    def load_pretrained_weights(self, fname):
+        self.calls.append(fname)
+        if self.fail:
+            raise CheckpointError(f"{fname}: not a checkpoint")
+
+
+def test_pretrained_weights_route_reaches_the_trainer_and_leaves_other_networks_to_nnunet(tmp_path):
     import nnunetv2.run.run_training as run_training
-    from stunet.nnunet.finetune import route_pretrained_loading
+    from stunet.nnunet.finetune import _TRAINERS, pretrained_loading_routed
 
-    calls = []
+    stock, calls = run_training.load_pretrained_weights, []
+    trainer = _Trainer(calls)
+    with pretrained_loading_routed(trainer):
+        loader = run_training.load_pretrained_weights
+        assert loader is not stock
+        loader(trainer.network, "weights.model")
+        assert calls == ["weights.model"]
+        # a stock trainer's network in the same process: nnU-Net's own loader copies its v2 checkpoint
+        source, target = _Stock(), _Stock()
+        torch.save({"network_weights": source.state_dict()}, tmp_path / "checkpoint_final.pth")
+        loader(target, str(tmp_path / "checkpoint_final.pth"))
+        assert torch.equal(target.layer.weight, source.layer.weight) and calls == ["weights.model"]
+    assert run_training.load_pretrained_weights is stock and len(_TRAINERS) == 0
+    with pytest.raises(KeyError):
+        with pretrained_loading_routed(trainer):
+            raise KeyError("anything")
+    assert run_training.load_pretrained_weights is stock  # restored in finally
 
-    class Trainer:
-        def __init__(self):
-            self.network = stunet.create_model("stunet_small", depths=[1, 1], widths=[2, 2], strides=[2],
-                                               num_classes=2)
 
-        def load_pretrained_weights(self, fname):
-            calls.append(fname)
+def test_the_route_a_trainer_opens_closes_after_the_load_even_a_failed_one():
+    """``initialize`` opens the route (nnUNetv2_train loads right after it); the load, or the trainer's next step,
+    closes it: nothing of it stays patched."""
+    import nnunetv2.run.run_training as run_training
+    from stunet.nnunet.finetune import _TRAINERS, close_pretrained_route, open_pretrained_route
 
-    trainer = Trainer()
-    ours = trainer.network
-    route_pretrained_loading(trainer)
-    route_pretrained_loading(trainer)  # idempotent
-    loader = run_training.load_pretrained_weights
-    assert loader.stunet_dispatch and not getattr(loader.stock, "stunet_dispatch", False)
-    loader(ours, "weights.model")
-    assert calls == ["weights.model"]
-    # a stock trainer's network in the same process: nnU-Net's own loader copies its v2 checkpoint
-    source, target = _Stock(), _Stock()
-    torch.save({"network_weights": source.state_dict()}, tmp_path / "checkpoint_final.pth")
-    loader(target, str(tmp_path / "checkpoint_final.pth"))
-    assert torch.equal(target.layer.weight, source.layer.weight) and calls == ["weights.model"]
-    del ours, trainer
+    stock, calls = run_training.load_pretrained_weights, []
+    trainer = _Trainer(calls)
+    open_pretrained_route(trainer)
+    run_training.load_pretrained_weights(trainer.network, "weights.model", verbose=True)
+    assert calls == ["weights.model"] and run_training.load_pretrained_weights is stock
+
+    failing = _Trainer(calls, fail=True)
+    open_pretrained_route(failing)
+    with pytest.raises(SystemExit, match="nnUNetv2_train: error: -pretrained_weights broken.pth: not a checkpoint"):
+        run_training.load_pretrained_weights(failing.network, "broken.pth")
+    assert run_training.load_pretrained_weights is stock
+
+    first, second = _Trainer(calls), _Trainer(calls)  # two trainers in one process: routes nest
+    open_pretrained_route(first)
+    open_pretrained_route(second)
+    close_pretrained_route(first)
+    run_training.load_pretrained_weights(second.network, "second.model")
+    assert calls[-1] == "second.model" and run_training.load_pretrained_weights is stock
+    close_pretrained_route(second)  # already closed: nothing to do
+
+    # the trainer's next step closes a route no load came through (a fine-tuning trainer without weights stops)
+    scratch = _Trainer(calls)
+    scratch.__dict__.update(requires_pretrained=True, pretrained_report=None, current_epoch=0,
+                            model_name="stunet_small")
+    open_pretrained_route(scratch)
+    with pytest.raises(RuntimeError, match="add -pretrained_weights"):
+        STUNetTrainer.on_train_start(scratch)
+    assert run_training.load_pretrained_weights is stock
+    del trainer, failing, first, second, scratch
     gc.collect()
-    from stunet.nnunet.finetune import _TRAINERS
     assert len(_TRAINERS) == 0  # registered weakly: no network outlives its trainer here
 
 

@@ -418,6 +418,30 @@ def test_stunet_download_prefetches_verifies_and_fails_offline_in_one_line(hub, 
     assert "differs from the record of its first download" in capsys.readouterr().err
 
 
+def test_stunet_download_cache_dir_is_passed_on_not_put_in_the_environment(hub, release, tmp_path, capsys):
+    """--cache-dir goes to the hub functions as an argument: STUNET_HOME stays as it was, and the cache it names (the
+    fixture's) stays empty."""
+    from stunet.cli.download import main
+    folder = tmp_path / "elsewhere"
+    environment = dict(os.environ)
+    main([TINY, "--cache-dir", str(folder)])
+    out = capsys.readouterr().out
+    assert dict(os.environ) == environment
+    config = get_pretrained_config(TINY)
+    path = cached_path(config, folder)[0]
+    assert str(path).startswith(str(folder.resolve())) and path.read_bytes() == release[0]
+    assert f"cache: {folder.resolve()}" in out and f"tar -C {folder.resolve()}" in out
+    assert cached_path(config) is None and not (tmp_path / "cache").exists()
+    assert record_file({"hub": REPO}, folder).is_file()
+    main([TINY, "--verify", "--cache-dir", str(folder)])
+    assert f"{TINY}: {path}: SHA-256 matches the record of its first download" in capsys.readouterr().out
+    main(["--list", "--cache-dir", str(folder)])
+    assert f"{TINY}: cached at {path}" in capsys.readouterr().out
+    main([TINY, "--verify"])  # the fixture's STUNET_HOME
+    assert f"{TINY}: not cached" in capsys.readouterr().out
+    assert hub.downloads("tiny.model") == 1
+
+
 def test_stunet_predict_pretrained_without_checkpoint_downloads(hub, release, tmp_path):
     from predict_helpers import write_cases
     write_cases(tmp_path / "in", 1, shape=(12, 20, 18))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from stunet.nnunet.env import with_trainer_folder
 from stunet.nnunet.synthetic import LABELS, dice_per_label, write_dataset
+from stunet.cli.errors import cli_entry
 
 DATASET_ID = 990
 
@@ -52,6 +53,7 @@ def _run_step(title: str, command: list[str], env: dict, log: Path, epochs: int 
     print(f"  done in {time.time() - start:.0f} s")
 
 
+@cli_entry("stunet-demo")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stunet-demo", description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,7 +7,6 @@ $STUNET_HOME when set. A cached model is reused without network access.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="re-hash the cached files instead of downloading")
     p.add_argument("--force", action="store_true", help="download again even if cached (replaces a refused file)")
     p.add_argument("--list", action="store_true", help="list the released models and whether they are cached")
-    p.add_argument("--cache-dir", type=Path, help="the cache folder (sets STUNET_HOME for this run)")
+    p.add_argument("--cache-dir", type=Path, help="the cache folder (instead of STUNET_HOME, for this run)")
     return p
 
 
@@ -63,18 +62,19 @@ def _copy_hint(cache: Path, folders: list[Path]) -> str:
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.cache_dir:
-        os.environ["STUNET_HOME"] = str(args.cache_dir.expanduser().resolve())
-    from stunet.weights.hub import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached, weights_path)
+    from stunet.weights.hub import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached,
+                                    weights_path)
+
+    cache = cache_dir(args.cache_dir)  # --cache-dir, else STUNET_HOME, else the Hugging Face Hub cache
 
     if args.list:
         for name in list_pretrained():
             config = get_pretrained_config(name)
-            found = cached_path(config)
+            found = cached_path(config, cache)
             state = f"cached at {found[0]} ({_size(found[0])})" if found else "not cached"
             checksum = "SHA-256 known" if config.sha256 else "SHA-256 recorded at first download"
             print(f"{name}: {state}; {checksum}; sources: {describe_sources(config)}")
-        print(f"cache: {cache_dir()}")
+        print(f"cache: {cache}")
         return
     if not args.names:
         parser.error("name the released models to download (or all), or pass --list")
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     for name in names:
         config = get_pretrained_config(name)
         if args.verify:
-            cached = verify_cached(config)
+            cached = verify_cached(config, cache=cache)
             if cached is None:
                 print(f"{name}: not cached")
             elif cached.checksum == "mismatch":
@@ -99,19 +99,19 @@ def main(argv=None) -> None:
                 print(f"{name}: {cached.path}: {CHECKSUM[cached.checksum]}")
             continue
         try:
-            path = weights_path(config, force=args.force, fetch_companion=True)
+            path = weights_path(config, force=args.force, fetch_companion=True, cache=cache)
         except WeightsError as e:
             failed.append(name)
             print(f"stunet-download: error: {e}", file=sys.stderr)
             continue
-        found = cached_path(config)
+        found = cached_path(config, cache)
         status = CHECKSUM["known" if config.sha256 else "recorded"]
         companion = path.with_name(path.name + ".pkl")
         extra = f", with {companion.name}" if companion.is_file() else ""
         print(f"{name}: {path} ({_size(path)}{extra}); {status}")
         if found:
-            folders.append(repo_folder(found[1], cache_dir()))
+            folders.append(repo_folder(found[1], cache))
     if folders:
-        print(_copy_hint(cache_dir(), folders))
+        print(_copy_hint(cache, folders))
     if failed:
         sys.exit(1)

@@ -6,9 +6,11 @@ line where that does not happen, e.g. when nnU-Net runs from another environment
 import argparse
 import sys
 
+from stunet.cli.errors import cli_entry
 from stunet.nnunet.env import export_line, is_configured
 
 
+@cli_entry("stunet-env")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stunet-env", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                      epilog='usage in a shell: eval "$(stunet-env)"')

@@ -22,6 +22,27 @@ def _row(name: str, args) -> list[str]:
             f"{c.training_bytes(args.batch_size) / GIB:.1f}"]
 
 
+def _trainers(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """``--trainers``: every class of nnunet_plugins/stunet_trainers.py, or the names asked for; a former name exits
+    with the line that names its replacement (as nnUNetv2_train and stunet-train do)."""
+    from stunet.nnunet.trainer import STUNetTrainer, describe_trainer  # imports nnU-Net
+    from stunet.nnunet_plugins import stunet_trainers
+
+    listed = {name: value for name, value in vars(stunet_trainers).items()
+              if isinstance(value, type) and issubclass(value, STUNetTrainer)}
+    for name in names:
+        if name not in listed:
+            removed = getattr(getattr(stunet_trainers, name, None), "removed_message", None)
+            parser.exit(2, f"stunet-info: error: {removed or f'no STU-Net trainer called {name!r}'}\n")
+    if not names:
+        print(f"{len(listed)} STU-Net trainers (nnunet_plugins/stunet_trainers.py), each nnU-Net's nnUNetTrainer with "
+              f"the STU-Net of the plans\n(STU-Net plans) or of its size (nnU-Net's own plans). Precision is no part "
+              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16). "
+              f"A former name (STUNetTrainer_large_ft_bf16, ...) stops with\nthe name of its replacement.\n")
+    for name in names or listed:
+        print(f"{name:<44} {describe_trainer(listed[name])}")
+
+
 @cli_entry("stunet-info")
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
@@ -38,15 +59,11 @@ def main(argv=None) -> None:
                         help="with activation checkpointing per stage (default) or per residual block")
     parser.add_argument("--csv", action="store_true", help="comma-separated output instead of a markdown table")
     parser.add_argument("--trainers", action="store_true",
-                        help="list every STU-Net trainer name nnUNetv2_train -tr takes, with what it changes")
+                        help="list the STU-Net trainers nnUNetv2_train -tr takes, with what each changes (or only "
+                             "the trainer names given in place of models)")
     args = parser.parse_args(argv)
     if args.trainers:
-        from stunet.nnunet.trainer import describe_trainer, trainer_variants  # imports nnU-Net
-        names = ["STUNetTrainer"] + [name for name, _, _ in trainer_variants()]
-        print("STU-Net trainers: STUNetTrainer_<size>[_<regime>][_mirroronly][_bf16][_<schedule>]; each is nnU-Net's "
-              "nnUNetTrainer with\nthe STU-Net of the plans (STU-Net plans) or of its size (nnU-Net's own plans).\n")
-        for name in names:
-            print(f"{name:<48} {describe_trainer(name)}")
+        _trainers(parser, [] if args.models == ["all"] else args.models)
         return
     names = list_models() if args.models == ["all"] else args.models
     if len(args.patch_size) not in (2, 3):

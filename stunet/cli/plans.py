@@ -2,8 +2,9 @@
 
 The plans hold the whole architecture (``-p PLANS`` makes ``nnUNetv2_train`` with any trainer, the stock
 ``nnUNetTrainer`` included, train this STU-Net). Preprocessing comes from the dataset's fingerprint as nnU-Net plans
-it, or with ``--pretrained`` from a released model's pretraining (spacing, z-score per image, patch size, strides), so
-fine-tuned weights see data like their pretraining data. Patch and batch size fit the GPU memory budget by the
+it, or with ``--pretrained`` from a released model's pretraining (reader, transposition, spacing, normalisation,
+resampling, as prediction with that model uses them; its patch size and strides), so fine-tuned weights see data like
+their pretraining data. Patch and batch size fit the GPU memory budget by the
 memory model of ``stunet-info``. See stunet.nnunet.planner.
 """
 from __future__ import annotations

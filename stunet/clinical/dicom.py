@@ -115,7 +115,7 @@ def read_dicom(source: Path, series_uid: str | None = None, name: str | None = N
                                                                   f"one)" if nested else ""))
     if series_uid is None and len(ids) > 1:
         raise DicomError(f"{folder}: {len(ids)} DICOM series mixed in one folder ({', '.join(ids[:3])}"
-                         f"{', ...' if len(ids) > 3 else ''}); put each in its own folder or choose one")
+                         f"{', ...' if len(ids) > 3 else ''}); put each in its own folder or choose one with --series-uid UID (series_uid= in Python)")
     uid = series_uid or ids[0]
     if uid not in ids:
         raise DicomError(f"{folder}: no series {uid}")

@@ -25,11 +25,12 @@ def require() -> None:
         import pydicom  # noqa: F401
     except ImportError as e:
         raise ImportError(f"DICOM support needs the optional packages highdicom and pydicom ({e.name} is missing): "
-                          f"pip install \"stunet[{EXTRA}]\"") from None
+                          f"pip install \"stunet[{EXTRA}]\"") from e
 
 
 def property_type(name: str):
     """(SNOMED-CT code of a label name, whether it is a known mapping)."""
+    require()
     from pydicom.sr.codedict import codes
     words = [w for w in re.split(r"[_\s\-]+", name.lower()) if w and w not in _SIDES]
     keyword = "".join(w.capitalize() for w in words)

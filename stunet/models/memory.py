@@ -1,7 +1,7 @@
 """How much host memory predicting one image takes, and how much the machine has: so that an image too large is
 refused before it is read, with the estimate, instead of the process being killed by the OS halfway.
 
-The model follows :mod:`stunet.inference`'s phases; each term is the memory that phase adds to the loaded model:
+The model follows :mod:`stunet.prediction.case`'s phases; each term is the memory that phase adds to the loaded model:
 
 - reading: the reader's image and its float32 array (8 bytes per stored voxel and channel);
 - preprocessing: the float32 array, the first resampling pass and the resampled image;

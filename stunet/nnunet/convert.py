@@ -22,7 +22,7 @@ def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tu
     try:
         arch = check_state_dict(checkpoint.state_dict)
     except IncompatibleWeightsError as e:
-        raise CheckpointError(f"{checkpoint.path}: {e}") from None
+        raise CheckpointError(f"{checkpoint.path}: {e}") from e
     plans, dataset_json, trainer = checkpoint.plans, checkpoint.dataset_json, checkpoint.trainer_name
     mirroring = checkpoint.mirroring_axes
     if checkpoint.format != "nnunet-v2":

@@ -9,11 +9,14 @@ depends on the network:
   ``get_network_from_plans`` builds (:func:`stunet.nnunet.network.architecture_for_plans`);
 - patch and batch size: the largest patch (shrinking the axis longest relative to the median image first, as nnU-Net
   does) and then the largest batch (at least 2, at most 5 % of the dataset's voxels, as nnU-Net does) whose estimated
-  GPU memory (:meth:`stunet.models.complexity.Complexity.gpu_training_bytes`, the model of ``stunet-info``) fits the budget.
+  GPU memory (:meth:`stunet.models.complexity.Complexity.gpu_training_bytes`, the model of ``stunet-info``) fits the
+  budget.
 
-With a released model's config (``pretrained=``) the plans take the pretraining preprocessing instead: its spacing,
-per-image z-score normalisation, no transposition, SimpleITK reading, its patch size and strides (see
-:mod:`stunet.nnunet.plans`), so fine-tuned weights see data like their pretraining data.
+With a released model's config (``pretrained=``) the plans take the pretraining preprocessing instead, as
+:func:`stunet.nnunet.plans.released_preprocessing` states it for the predictor and the converter too: reader,
+transposition, target spacing, normalisation and its masks, CT intensity statistics (where the config has them) and
+resampling; the patch size and strides are the release's (unless ``patch_size=`` is given), and no low-resolution
+configuration is planned. Fine-tuned weights thus see data like their pretraining data.
 
 nnU-Net's ``nnUNetv2_plan_experiment -pl`` only looks for planners inside its own package; ``stunet-plans`` runs these.
 """
@@ -26,10 +29,12 @@ import numpy as np
 import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+from nnunetv2.preprocessing.resampling.utils import recursive_find_resampling_fn_by_name
 
 from stunet.models.complexity import measure
 from stunet.nnunet.network import architecture_for_plans, strides_for_plans
+from stunet.nnunet.plans import ReleasedPreprocessing, released_preprocessing
 from stunet.nnunet.trainer import PLANS_LABEL_MAP
 from stunet.models.presets import PRESETS
 from stunet.weights.pretrained import PretrainedConfig
@@ -61,6 +66,8 @@ class STUNetPlanner(ExperimentPlanner):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name or default_name,
                          overwrite_target_spacing, suppress_transpose)
         self.pretrained = pretrained
+        if pretrained is not None:
+            self.released()  # a config that states its preprocessing wrongly fails here, not halfway through planning
         self.activation_checkpointing = activation_checkpointing
         self.fixed_patch_size = list(patch_size) if patch_size else (
             list(pretrained.preprocessing["patch_size"]) if pretrained else None)
@@ -71,26 +78,56 @@ class STUNetPlanner(ExperimentPlanner):
         self._estimates: dict = {}
 
     # -- the pretraining preprocessing ------------------------------------------------------------------------------
+    def released(self) -> ReleasedPreprocessing:
+        """The released model's preprocessing for this dataset's channels."""
+        return released_preprocessing(self.pretrained, len(self.dataset_json["channel_names"]))
+
     def determine_fullres_target_spacing(self) -> np.ndarray:
         if self.pretrained is None:
             return super().determine_fullres_target_spacing()
-        return np.array(self.pretrained.preprocessing["spacing"], dtype=float)
+        released = self.released()  # nnU-Net transposes this spacing by transpose_forward; the release's is transposed
+        return np.array(released.configuration["spacing"], dtype=float)[released.plans["transpose_backward"]]
 
     def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self):
         if self.pretrained is None:
             return super().determine_normalization_scheme_and_whether_mask_is_used_for_norm()
-        channels = len(self.dataset_json["channel_names"])
-        return ["ZScoreNormalization"] * channels, [False] * channels
+        configuration = self.released().configuration
+        return configuration["normalization_schemes"], configuration["use_mask_for_norm"]
 
     def determine_transpose(self):
         if self.pretrained is None:
             return super().determine_transpose()
-        return [0, 1, 2], [0, 1, 2]
+        plans = self.released().plans
+        return plans["transpose_forward"], plans["transpose_backward"]
 
     def determine_reader_writer(self):
         if self.pretrained is None:
             return super().determine_reader_writer()
-        return SimpleITKIO
+        return recursive_find_reader_writer_by_name(self.released().plans["image_reader_writer"])
+
+    def determine_resampling(self, *args, **kwargs):
+        if self.pretrained is None:
+            return super().determine_resampling(*args, **kwargs)
+        c = self.released().configuration
+        return (recursive_find_resampling_fn_by_name(c["resampling_fn_data"]), c["resampling_fn_data_kwargs"],
+                recursive_find_resampling_fn_by_name(c["resampling_fn_seg"]), c["resampling_fn_seg_kwargs"])
+
+    def determine_segmentation_softmax_export_fn(self, *args, **kwargs):
+        if self.pretrained is None:
+            return super().determine_segmentation_softmax_export_fn(*args, **kwargs)
+        c = self.released().configuration
+        return (recursive_find_resampling_fn_by_name(c["resampling_fn_probabilities"]),
+                c["resampling_fn_probabilities_kwargs"])
+
+    def save_plans(self, plans):
+        """nnU-Net's, with the release's CT intensity statistics (where it has them) in place of the dataset's: CT
+        normalization then clips and scales the dataset as it did the pretraining data."""
+        if self.pretrained is not None:
+            released = self.released().plans
+            if "foreground_intensity_properties_per_channel" in released:
+                plans["foreground_intensity_properties_per_channel"] = \
+                    released["foreground_intensity_properties_per_channel"]
+        super().save_plans(plans)
 
     # -- architecture, patch and batch ------------------------------------------------------------------------------
     def _network(self, strides, num_input_channels: int, num_classes: int):

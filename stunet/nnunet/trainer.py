@@ -1,23 +1,26 @@
-"""STU-Net trainers for nnU-Net v2: the behaviour behind ``nnUNetv2_train ... -tr STUNetTrainer_<size>[_<regime>]
-[_mirroronly][_bf16][_<schedule>]``. The classes nnU-Net finds by those names are listed one by one in
-``nnunet_plugins/stunet_trainers.py``, generated from :data:`NAME_PARTS` (``python -m stunet.nnunet.trainer``).
+"""STU-Net trainers for nnU-Net v2: the behaviour behind ``nnUNetv2_train ... -tr STUNetTrainer_<size>[_<variant>]``.
+The names nnU-Net finds are hand-written classes in ``nnunet_plugins/stunet_trainers.py``, each a small subclass
+that adds one of the parts below (``stunet-info --trainers`` lists them with what each changes).
 
 Each trainer is nnU-Net's own ``nnUNetTrainer``; what STU-Net changes:
 
 - the network: from STU-Net plans (``-p STUNetPlans_<size>``, see :mod:`stunet.nnunet.network`) nnU-Net's
   ``get_network_from_plans`` builds what the plans say; from nnU-Net's own plans, the published layout of the size;
-- ``-pretrained_weights``: any supported checkpoint, read safely (:mod:`stunet.checkpoint`) and moved into the
-  network by :func:`stunet.weights.transfer.transfer_weights` with a report in the log (see :mod:`stunet.nnunet.finetune`);
-- the name parts below: learning rates and what trains, augmentation, precision, schedule.
+- ``-pretrained_weights``: any supported checkpoint, read safely (:mod:`stunet.weights.checkpoint`) and moved into the
+  network by :func:`stunet.weights.transfer.transfer_weights` with a report in the log (see
+  :mod:`stunet.nnunet.finetune`);
+- the parts below: learning rates and what trains, augmentation, schedule.
 
-Every option is in the trainer name or the plans. The environment variables STUNET_ACTIVATION_CHECKPOINTING,
-STUNET_PRECISION, STUNET_LABEL_MAP and STUNET_TRUST_CHECKPOINT only override them for one run, and the log, like
-``debug.json`` (``stunet_options``), states each option in force and where it came from.
+What trains and how long is in the trainer name; the network and its activation checkpointing in the plans. The
+settings of :mod:`stunet.settings` apply to any trainer for one run: ``STUNET_PRECISION`` (fp16 or bf16; precision is
+in no trainer name), ``STUNET_ACTIVATION_CHECKPOINTING``, ``STUNET_LABEL_MAP`` and ``STUNET_TRUST_CHECKPOINT``. The log,
+like ``debug.json`` (``stunet_options``), states each option in force and where it came from.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
@@ -25,36 +28,23 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from stunet import settings as stunet_settings
 from stunet.errors import CheckpointError
 from stunet.weights.checkpoint import load_checkpoint
 from stunet.cpu_memory import freed_memory_reused
-from stunet.nnunet.finetune import PolyLRPerGroup, parameter_groups, route_pretrained_loading, unwrap
+from stunet.nnunet.finetune import (PolyLRPerGroup, close_pretrained_route, open_pretrained_route, parameter_groups,
+                                    unwrap)
 from stunet.labels import load_label_map, name_map_of
-from stunet.nnunet.network import (CHECKPOINTING_MODES, build_for_configuration, build_from_plans, deep_supervision_scales, is_stunet_configuration, network_strides)
+from stunet.nnunet.network import (build_for_configuration, build_from_plans, deep_supervision_scales,
+                                   is_stunet_configuration, network_strides)
 from stunet.models.presets import PRESETS, preset_of
 from stunet.weights.pretrained import source_labels
 from stunet.weights.transfer import IncompatibleWeightsError, transfer_weights
 
-ENV_CHECKPOINTING = "STUNET_ACTIVATION_CHECKPOINTING"
-ENV_PRECISION = "STUNET_PRECISION"
-ENV_LABEL_MAP = "STUNET_LABEL_MAP"
-ENV_TRUST = "STUNET_TRUST_CHECKPOINT"
 #: the plans configuration entry naming a label map for label-aware fine-tuning (``stunet-plans --label-map``)
 PLANS_LABEL_MAP = "stunet_label_map"
-
-
-def _env_checkpointing() -> bool | str | None:
-    value = os.environ.get(ENV_CHECKPOINTING)
-    if value is None:
-        return None
-    mode = {"": False, "0": False, "false": False, "1": "stage"}.get(value.lower(), value)
-    if mode not in CHECKPOINTING_MODES:
-        raise ValueError(f"{ENV_CHECKPOINTING} must be stage or block (or 0 to switch it off), got {value!r}")
-    return mode
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "t")
+#: mixed precision on CUDA when STUNET_PRECISION is not set (nnU-Net's float16 autocast with a GradScaler)
+DEFAULT_PRECISION = "fp16"
 
 
 class STUNetTrainer(nnUNetTrainer):
@@ -70,8 +60,6 @@ class STUNetTrainer(nnUNetTrainer):
     body_lr_factor = 1.0
     #: refuse to start without -pretrained_weights
     requires_pretrained = False
-    #: mixed precision on CUDA: 'fp16' (nnU-Net's, with a GradScaler) or 'bf16'
-    precision = "fp16"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -92,20 +80,25 @@ class STUNetTrainer(nnUNetTrainer):
         return merged
 
     def _options(self) -> dict:
-        """Each STU-Net option in force and where it comes from (written to the log and debug.json)."""
+        """Each STU-Net option in force and where it comes from (written to the log and debug.json): a setting of
+        :mod:`stunet.settings` (named by its variable), the plans, the trainer name or the default."""
         name = type(self).__name__
-        precision = (os.environ.get(ENV_PRECISION), "environment") if os.environ.get(ENV_PRECISION) else (
-            self.precision, f"trainer {name}")
-        if precision[0] not in ("fp16", "bf16"):
-            raise ValueError(f"{ENV_PRECISION} must be fp16 or bf16, got {precision[0]!r}")
-        arch = self.configuration_manager.configuration.get("architecture", {}).get("arch_kwargs", {})
-        checkpointing = (_env_checkpointing(), "environment") if _env_checkpointing() is not None else (
-            arch.get("activation_checkpointing", False), "plans") if is_stunet_configuration(
-            self.configuration_manager) else (False, "default")
+        precision = stunet_settings.precision()
+        precision = (precision, stunet_settings.PRECISION) if precision else (DEFAULT_PRECISION, "default")
+        checkpointing = stunet_settings.activation_checkpointing()
+        if checkpointing is not None:
+            checkpointing = (checkpointing, stunet_settings.ACTIVATION_CHECKPOINTING)
+        elif is_stunet_configuration(self.configuration_manager):
+            arch = self.configuration_manager.configuration.get("architecture", {}).get("arch_kwargs", {})
+            checkpointing = (arch.get("activation_checkpointing", False), "plans")
+        else:
+            checkpointing = (False, "default")
+        label_map = stunet_settings.label_map()
         in_plans = self.configuration_manager.configuration.get(PLANS_LABEL_MAP)
-        label_map = (os.environ.get(ENV_LABEL_MAP), "environment") if os.environ.get(ENV_LABEL_MAP) else (
+        label_map = (label_map, stunet_settings.LABEL_MAP) if label_map else (
             (in_plans, "plans") if in_plans else (None, "default"))
-        trust = (True, "environment") if _env_flag(ENV_TRUST) else (False, "default")
+        trust = (True, stunet_settings.TRUST_CHECKPOINT) if stunet_settings.trust_checkpoint() else (
+            False, "default")
         return {"precision": precision, "activation_checkpointing": checkpointing, "label_map": label_map,
                 "trust_checkpoint": trust, "trainable": (self.trainable, f"trainer {name}"),
                 "body_lr_factor": (self.body_lr_factor, f"trainer {name}")}
@@ -127,14 +120,16 @@ class STUNetTrainer(nnUNetTrainer):
         else:
             network = build_for_configuration(cls.model_name, configuration_manager, num_input_channels,
                                               num_output_channels, enable_deep_supervision)
-        override = _env_checkpointing()
+        override = stunet_settings.activation_checkpointing()
         if override is not None:
             network.activation_checkpointing = override
         return network
 
     def initialize(self):
         super().initialize()
-        route_pretrained_loading(self)
+        # nnUNetv2_train -pretrained_weights calls nnU-Net's loader right after this returns: until that call is
+        # done (or the trainer's next step, at the latest), it reaches self.load_pretrained_weights
+        open_pretrained_route(self)
         net = unwrap(self.network)
         config = net.config
         options = ", ".join(f"{k} {v!r} ({source})" for k, (v, source) in self.stunet_options.items())
@@ -167,8 +162,15 @@ class STUNetTrainer(nnUNetTrainer):
         with self._cpu_allocator():
             return super().run_training()
 
-    # -- precision: nnU-Net's autocast contexts take their dtype from an enclosing autocast, for this call only ----
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        close_pretrained_route(self)  # --c or --val: no -pretrained_weights follows
+
+    # -- precision (STUNET_PRECISION): nnU-Net's autocast contexts take their dtype from an enclosing autocast ------
     def _autocast(self):
+        """bf16 on CUDA: an autocast of dtype bfloat16 around one of nnU-Net's calls, whose own ``autocast(device,
+        enabled=True)`` then inherits that dtype; left when the call returns. Otherwise nothing (fp16 is nnU-Net's
+        default; on the CPU nnU-Net trains in float32)."""
         if self.stunet_options["precision"][0] == "bf16" and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -182,6 +184,7 @@ class STUNetTrainer(nnUNetTrainer):
             return super().validation_step(batch)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
+        close_pretrained_route(self)
         with self._autocast(), self._cpu_allocator():
             return super().perform_actual_validation(save_probabilities)
 
@@ -215,15 +218,18 @@ class STUNetTrainer(nnUNetTrainer):
                                + self.pretrained_report.summary(target, source), also_print_to_console=True)
 
     def on_train_start(self):
-        if self.requires_pretrained and self.pretrained_report is None and self.current_epoch == 0:
-            scratch = f"STUNetTrainer_{PRESETS[self.model_name].size}" if self.model_name else "STUNetTrainer"
-            raise RuntimeError(f"{type(self).__name__} fine-tunes pretrained weights: add -pretrained_weights "
-                               f"FILE (a released .model, an nnU-Net checkpoint_*.pth, a state_dict or .safetensors), "
-                               f"or train from scratch with {scratch}")
-        super().on_train_start()
+        try:
+            if self.requires_pretrained and self.pretrained_report is None and self.current_epoch == 0:
+                scratch = f"STUNetTrainer_{PRESETS[self.model_name].size}" if self.model_name else "STUNetTrainer"
+                raise RuntimeError(f"{type(self).__name__} fine-tunes pretrained weights: add -pretrained_weights "
+                                   f"FILE (a released .model, an nnU-Net checkpoint_*.pth, a state_dict or "
+                                   f".safetensors), or train from scratch with {scratch}")
+            super().on_train_start()
+        finally:
+            close_pretrained_route(self)
 
 
-# -- the parts of a trainer name --------------------------------------------------------------------------------
+# -- the parts: each trainer of nnunet_plugins/stunet_trainers.py adds one to the trainer it extends --------------
 class FineTune:
     """fine-tuning: every layer at lr 1e-3 (the published STU-Net setting); needs -pretrained_weights"""
     settings = {"initial_lr": 1e-3}
@@ -272,13 +278,8 @@ class MirroringOnly:
         return ComposeTransforms(transforms + list(rest.transforms))
 
 
-class BFloat16:
-    """bfloat16 mixed precision on CUDA instead of float16 with a GradScaler"""
-    precision = "bf16"
-
-
 class Epochs4000:
-    """4000 epochs of 250 iterations (the released models' pretraining)"""
+    """4000 epochs of 250 iterations"""
     settings = {"num_epochs": 4000}
 
 
@@ -292,67 +293,88 @@ class Smoke:
     settings = {"num_epochs": 2, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 2}
 
 
-#: the name grammar, in name order: each group is optional, at most one part of each
-NAME_PARTS = (
-    ("regime", {"_ft": FineTune, "_ft_paper": FineTunePaper, "_ft_frozen_encoder": FineTuneFrozenEncoder,
-                "_ft_heads": FineTuneHeads}),
-    ("augmentation", {"_mirroronly": MirroringOnly}),
-    ("precision", {"_bf16": BFloat16}),
-    ("schedule", {"_ep4k": Epochs4000, "_quick": Quick, "_smoke": Smoke}),
-)
+#: the parts, in the order of a trainer's name: regime, augmentation, schedule
+REGIMES = (FineTune, FineTunePaper, FineTuneFrozenEncoder, FineTuneHeads)
+SCHEDULES = (Epochs4000, Quick, Smoke)
+PARTS = REGIMES + (MirroringOnly,) + SCHEDULES
+FROM_SCRATCH = "from scratch (lr 1e-2, SGD with nnU-Net's poly schedule)"
+FULL_SCHEDULE = "1000 epochs of 250 iterations"
 
 
-def trainer_variants() -> list[tuple[str, str, list[type]]]:
-    """(trainer name, its size trainer's name, the part classes in MRO order) for every name of the grammar."""
-    combos = [("", [])]
-    for _, parts in NAME_PARTS:
-        combos = [(name + suffix, mixins + [part]) for name, mixins in combos
-                  for suffix, part in [("", None), *parts.items()]]
-    variants = []
-    for model_name, preset in PRESETS.items():
-        size_trainer = f"STUNetTrainer_{preset.size}"
-        for suffix, mixins in combos:
-            variants.append((size_trainer + suffix, size_trainer, [m for m in reversed(mixins) if m]))
-    return variants
+def parts_of(trainer: type) -> list[type]:
+    """The parts in force in a trainer class, in name order: of two schedules (``_smoke`` of a ``_ep4k`` trainer),
+    the one nearer the class."""
+    mro = [klass for klass in trainer.__mro__ if klass in PARTS]
+    regime = [p for p in mro if p in REGIMES][:1]
+    schedule = [p for p in mro if p in SCHEDULES][:1]
+    return regime + [p for p in mro if p is MirroringOnly] + schedule
 
 
-def describe_trainer(name: str) -> str:
-    """What a trainer name changes against nnU-Net's nnUNetTrainer, one line."""
-    for variant, size_trainer, mixins in trainer_variants():
-        if variant == name:
-            model = next(m for m, p in PRESETS.items() if f"STUNetTrainer_{p.size}" == size_trainer)
-            return "; ".join([f"{model} (from scratch, lr 1e-2)" if not any(
-                m in NAME_PARTS[0][1].values() for m in mixins) else model] + [m.__doc__ for m in reversed(mixins)])
-    if name == "STUNetTrainer":
-        return "the STU-Net of STU-Net plans, any size"
-    raise ValueError(f"no STU-Net trainer called {name!r}")
+def describe_trainer(trainer: type) -> str:
+    """What a trainer class changes against nnU-Net's nnUNetTrainer, one line."""
+    parts = parts_of(trainer)
+    model = trainer.model_name or "the STU-Net of STU-Net plans (any size)"
+    lines = [model] + ([] if any(p in REGIMES for p in parts) else [FROM_SCRATCH]) + [p.__doc__ for p in parts]
+    if not any(p in SCHEDULES for p in parts):
+        lines.append(FULL_SCHEDULE)
+    return "; ".join(lines)
 
 
-def render_trainer_module() -> str:
-    """The text of nnunet_plugins/stunet_trainers.py."""
-    parts = sorted({m.__name__ for _, _, mixins in trainer_variants() for m in mixins})
-    lines = ['"""nnU-Net v2 trainers of STU-Net: one class for each name that ``nnUNetv2_train -tr`` accepts.',
-             "",
-             "Generated by ``python -m stunet.nnunet.trainer`` from the name grammar in stunet/nnunet_trainer.py, "
-             "where the",
-             "behaviour lives; tests/test_trainers.py checks that this file is up to date. "
-             "``stunet-info --trainers`` lists",
-             'what each name changes."""',
-             "# flake8: noqa: E701",
-             "from stunet.nnunet.trainer import (",
-             *[f"    {name}," for name in ["STUNetTrainer"] + parts], ")", ""]
-    for model_name, preset in PRESETS.items():
-        size_trainer = f"STUNetTrainer_{preset.size}"
-        lines += ["", f"class {size_trainer}(STUNetTrainer):", f'    """{PRESETS_DOC.format(model=model_name)}"""',
-                  f"    model_name = {model_name!r}", "", ""]
-        for name, size, mixins in trainer_variants():
-            if size == size_trainer and name != size_trainer:
-                lines.append(f"class {name}({', '.join([m.__name__ for m in mixins] + [size])}): pass")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+# -- names of the former generated set --------------------------------------------------------------------------
+#: the grammar the 320 generated names followed (precision was a name part then; it is STUNET_PRECISION now)
+FORMER_NAME = re.compile(r"STUNetTrainer_(?P<size>[a-z]+)(?P<regime>_ft|_ft_paper|_ft_frozen_encoder|_ft_heads)?"
+                         r"(?P<mirroronly>_mirroronly)?(?P<bf16>_bf16)?(?P<schedule>_ep4k|_quick|_smoke)?")
+FORMER_PARTS = {"_ft": FineTune, "_ft_paper": FineTunePaper, "_ft_frozen_encoder": FineTuneFrozenEncoder,
+                "_ft_heads": FineTuneHeads, "_mirroronly": MirroringOnly, "_ep4k": Epochs4000, "_quick": Quick,
+                "_smoke": Smoke}
+#: what a part is worth when the closest remaining trainer is chosen: what trains first, then augmentation
+_WEIGHT = {**{p: 4 for p in REGIMES}, MirroringOnly: 2, **{p: 1 for p in SCHEDULES}}
+_WHAT = {MirroringOnly: "mirroring-only augmentation", Epochs4000: "4000 epochs", Quick: "the 5-epoch schedule",
+         Smoke: "the 2-epoch schedule"}
 
 
-PRESETS_DOC = "{model} from scratch (lr 1e-2, SGD with nnU-Net's poly schedule, 1000 epochs of 250 iterations)"
+class TrainerRemoved(SystemExit):
+    """A former trainer name passed to ``nnUNetv2_train -tr``. A SystemExit, so the command stops with the one line
+    that names the replacement (no traceback)."""
 
-if __name__ == "__main__":
-    print(render_trainer_module(), end="")
+
+class RemovedTrainer:
+    """Mixed into the class a former name resolves to: it builds its network like its replacement (so a results
+    folder trained under the former name still predicts), and refuses to train with :attr:`removed_message`."""
+    removed_message = ""
+
+    def __init__(self, *args, **kwargs):
+        raise TrainerRemoved(self.removed_message)
+
+
+_REMOVED: dict[tuple[type, str], type] = {}
+
+
+def removed_trainer(name: str, trainers: dict) -> type | None:
+    """The class a former generated name resolves to among ``trainers`` (a trainer module's namespace), or None when
+    ``name`` is not one. Its ``removed_message`` is one line: the former name, its replacement and what the
+    replacement leaves out. Called by the trainer module's ``__getattr__``, which nnU-Net's lookup reaches."""
+    match = FORMER_NAME.fullmatch(name)
+    sizes = {preset.size: model for model, preset in PRESETS.items()}
+    if match is None or match["size"] not in sizes or name in trainers:
+        return None
+    wanted = {FORMER_PARTS[g] for g in (match["regime"], match["mirroronly"], match["schedule"]) if g}
+    candidates = [t for t in trainers.values() if isinstance(t, type) and issubclass(t, STUNetTrainer)
+                  and not issubclass(t, RemovedTrainer) and t.model_name == sizes[match["size"]]
+                  and set(parts_of(t)) <= wanted]
+    if not candidates:
+        return None
+    replacement = max(candidates, key=lambda t: sum(_WEIGHT[p] for p in parts_of(t)))
+    message = f"{name} was removed: use -tr {replacement.__name__}"
+    if match["bf16"]:
+        message += f" with {stunet_settings.PRECISION}=bf16"
+    lost = [p for p in PARTS if p in wanted and p not in parts_of(replacement)]
+    if lost:
+        message += (f"; for {' and '.join(_WHAT[p] for p in lost)}, subclass it with "
+                    f"{', '.join(p.__name__ for p in lost)} from stunet.nnunet.trainer (docs/training.md)")
+    key = (replacement, name)
+    if key not in _REMOVED:
+        _REMOVED[key] = type(name, (RemovedTrainer, replacement), {
+            "__module__": replacement.__module__, "__qualname__": name, "__doc__": message,
+            "removed_message": message})
+    return _REMOVED[key]

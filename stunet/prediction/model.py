@@ -50,16 +50,14 @@ def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configur
     from stunet.nnunet_plugins import stunet_trainers
 
     trainer = getattr(stunet_trainers, trainer_name, None)
-    if trainer is None:  # a user's subclass in their own trainer folder
-        import os
-
-        from stunet.nnunet.env import with_trainer_folder
-        os.environ.update(with_trainer_folder(os.environ))
+    if trainer is None:  # nnU-Net's own, or a user's subclass in a folder of their nnUNet_extTrainer
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-        trainer = recursive_find_trainer_class_by_name(trainer_name)
-        if trainer is None:
+        try:
+            trainer = recursive_find_trainer_class_by_name(trainer_name)
+        except RuntimeError as e:
             raise ValueError(f"the model was trained with {trainer_name}, a trainer that is not installed here; put "
-                             f"its module in nnU-Net's trainer folder or predict with the nnU-Net that trained it")
+                             f"its module in nnU-Net's trainer folder (or a folder named in nnUNet_extTrainer) or "
+                             f"predict with the nnU-Net that trained it") from e
     configuration_manager = plans_manager.get_configuration(configuration)
     network = trainer.build_network_architecture(
         plans_manager, configuration_manager,

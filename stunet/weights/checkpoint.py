@@ -5,17 +5,19 @@ Pickle-based files are unpickled by :mod:`stunet.weights.safe_load`; what is loa
 state_dicts map names to tensors, plans and dataset.json are plain data (:mod:`stunet.weights.plain`).
 """
 from __future__ import annotations
-import json
-import re
+
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
+import re
+
 import numpy as np
 import torch
+
 from stunet.errors import CheckpointError
 from stunet.weights.pickle_guard import MIB
 from stunet.weights.plain import MAX_PLAIN_TEXT, plain_data
-from stunet.weights.safe_load import torch_load, read_pickle
-
+from stunet.weights.safe_load import read_pickle, torch_load
 
 _PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
 
@@ -132,7 +134,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
             if isinstance(e, CheckpointError):
                 raise
             raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:200]})"
-                                  ) from None
+                                  ) from e
         return Checkpoint(path, "safetensors", _tensors(state_dict, path, "the file"),
                           metadata=_metadata(metadata, path))
 

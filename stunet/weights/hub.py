@@ -8,7 +8,7 @@ complete, so an interrupted download leaves nothing that loads). The other sourc
 Netdisk) are for manual download and are named in the messages.
 
 Cache: the Hugging Face Hub cache (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), or ``$STUNET_HOME`` when
-set; the layout is the Hub's either way (``models--<org>--<repo>/snapshots/<commit>/<file>``), so the folder can be
+set (read by :mod:`stunet.settings`), or the ``cache`` folder a caller passes (``stunet-download --cache-dir``); the layout is the Hub's either way (``models--<org>--<repo>/snapshots/<commit>/<file>``), so the folder can be
 copied to another machine as it is. ``HF_ENDPOINT`` selects a mirror; ``HF_HUB_OFFLINE=1`` forbids network access.
 
 Checksums: a file whose SHA-256 differs from the config's ``checkpoint.sha256`` is refused (never loaded). Where the
@@ -16,7 +16,7 @@ config knows no checksum, the hash of the first download is recorded in ``stunet
 repository's folder and later loads are checked against it. A load re-hashes the file when its size or modification
 time differs from the record's; ``verify_cached`` (``stunet-download --verify``) always re-hashes.
 
-Downloaded files are read by the same safe loader as any other checkpoint (:mod:`stunet.checkpoint`); a download
+Downloaded files are read by the same safe loader as any other checkpoint (:mod:`stunet.weights.checkpoint`); a download
 never implies trust.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from stunet import settings
 from stunet.errors import CheckpointError
 
-ENV_HOME = "STUNET_HOME"
+ENV_HOME = settings.HOME
 RECORD_NAME = "stunet-checksums.json"
-_TRUE = ("1", "true", "yes", "on")
 
 
 class WeightsError(CheckpointError):
@@ -53,19 +53,21 @@ class Cached:
     sha256: str | None = None
 
 
-def cache_dir() -> Path:
-    """Where downloaded weights live: ``$STUNET_HOME``, else the Hugging Face Hub cache."""
-    home = os.environ.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser().resolve()
+def cache_dir(cache: str | Path | None = None) -> Path:
+    """Where downloaded weights live: ``cache`` when given, else ``$STUNET_HOME``, else the Hugging Face Hub cache."""
+    if cache is not None:
+        return Path(cache).expanduser().resolve()
+    home = settings.home()
+    if home is not None:
+        return home
     from huggingface_hub import constants
     return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser().resolve()
 
 
 def offline() -> bool:
-    """``HF_HUB_OFFLINE`` (read now, and as huggingface_hub read it at import)."""
+    """``HF_HUB_OFFLINE`` (read now with stunet's yes/no parser, and as huggingface_hub read it at import)."""
     from huggingface_hub import constants
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+    return settings.flag("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
 
 
 def _endpoint() -> str | None:
@@ -108,9 +110,9 @@ def repo_folder(source: dict, cache: Path) -> Path:
     return cache / repo_folder_name(repo_id=source["hub"], repo_type="model")
 
 
-def record_file(source: dict, cache: Path | None = None) -> Path:
+def record_file(source: dict, cache: str | Path | None = None) -> Path:
     """The JSON that records the checksums of the files of one Hub repository in the cache."""
-    return repo_folder(source, cache or cache_dir()) / RECORD_NAME
+    return repo_folder(source, cache_dir(cache)) / RECORD_NAME
 
 
 def _read_records(path: Path) -> dict:
@@ -120,7 +122,7 @@ def _read_records(path: Path) -> dict:
         return {}
     except (OSError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: the checksum record cannot be read ({_first_line(e)}); delete it to record the "
-                           f"checksums again at the next load") from None
+                           f"checksums again at the next load") from e
 
 
 def _write_records(path: Path, records: dict) -> None:
@@ -145,11 +147,12 @@ def sha256_of(path: str | Path, progress: bool = True) -> str:
     return digest.hexdigest()
 
 
-def verify(config, path: str | Path, source: dict, rehash: bool = False, progress: bool = True) -> str:
+def verify(config, path: str | Path, source: dict, rehash: bool = False, progress: bool = True,
+           cache: str | Path | None = None) -> str:
     """Check a cached checkpoint against the config's checksum, or the one recorded at its first download (recorded
     now if there is none). Returns "known" or "recorded"; raises :class:`WeightsError` on a mismatch."""
     path = Path(path)
-    record = record_file(source)
+    record = record_file(source, cache)
     records = _read_records(record)
     entry = records.get(source["file"])
     stat = path.resolve().stat()
@@ -190,9 +193,9 @@ def _cached(source: dict, filename: str, cache: Path):
     return try_to_load_from_cache(source["hub"], filename, cache_dir=str(cache), revision=source.get("revision"))
 
 
-def cached_path(config) -> tuple[Path, dict] | None:
+def cached_path(config, cache: str | Path | None = None) -> tuple[Path, dict] | None:
     """(file, Hub source) of a config's checkpoint already in the cache, or None. Never touches the network."""
-    cache = cache_dir()
+    cache = cache_dir(cache)
     for source in hub_sources(config):
         found = _cached(source, source["file"], cache)
         if isinstance(found, str) and os.path.isfile(found):
@@ -206,12 +209,12 @@ def _hub_download(source: dict, filename: str, cache: Path, force: bool = False)
                                 endpoint=_endpoint(), force_download=force))
 
 
-def _download(config, force: bool = False) -> tuple[Path, dict]:
+def _download(config, force: bool = False, cache: str | Path | None = None) -> tuple[Path, dict]:
     sources = hub_sources(config)
     if not sources:
         raise WeightsError(f"{config.name}: {config.checkpoint_file} has no source that can be downloaded "
                            f"automatically; {_where_else(config)}")
-    cache = cache_dir()
+    cache = cache_dir(cache)
     problems = []
     for source in sources:
         print(f"stunet: downloading {config.name} ({source['file']}) from {describe_source(source)} into {cache}",
@@ -226,13 +229,14 @@ def _download(config, force: bool = False) -> tuple[Path, dict]:
                        f"nothing was written to the cache; {_where_else(config)}")
 
 
-def _fetch_companion(config, source: dict, path: Path, downloaded: bool) -> Path | None:
+def _fetch_companion(config, source: dict, path: Path, downloaded: bool,
+                     cache: str | Path | None = None) -> Path | None:
     """The companion (.model.pkl) beside the cached checkpoint: from the cache, or fetched right after the checkpoint
     was. A companion missing on the Hub is a warning, not an error."""
     name = source.get("companion", config.companion_file)
     if not name:
         return None
-    cache = cache_dir()
+    cache = cache_dir(cache)
     found = _cached(source, name, cache)
     if isinstance(found, str):
         return Path(found)
@@ -259,36 +263,38 @@ def _fetch_companion(config, source: dict, path: Path, downloaded: bool) -> Path
 
 
 def weights_path(config, download: bool = True, force: bool = False, progress: bool = True,
-                 fetch_companion: bool = False) -> Path:
+                 fetch_companion: bool = False, cache: str | Path | None = None) -> Path:
     """The local checkpoint of a released model (a :class:`~stunet.weights.pretrained.PretrainedConfig`): from
     the cache, else downloaded (unless ``download`` is False or ``HF_HUB_OFFLINE`` is set), then checked against the
     known or recorded checksum. Its companion file (``.model.pkl``), where the config names one, is fetched beside it
     with a download (or, with ``fetch_companion``, whenever it is neither cached nor known to be missing on the Hub).
-    Raises :class:`WeightsError` (one line) when the file is missing or refused."""
-    found = None if force else cached_path(config)
+    ``cache`` replaces the cache folder (:func:`cache_dir`) for this call. Raises :class:`WeightsError` (one line) when the file is missing or refused."""
+    cache = cache_dir(cache)
+    found = None if force else cached_path(config, cache)
     downloaded = False
     if found is None:
         if not download or offline():
             why = "offline mode is on (HF_HUB_OFFLINE)" if download else "downloading was not asked for"
-            raise WeightsError(f"{config.name}: {config.checkpoint_file} is not in the cache ({cache_dir()}) and "
+            raise WeightsError(f"{config.name}: {config.checkpoint_file} is not in the cache ({cache}) and "
                                f"{why}; {_where_else(config)}")
-        found = _download(config, force)
+        found = _download(config, force, cache)
         downloaded = True
     path, source = found
-    verify(config, path, source, rehash=downloaded, progress=progress)
-    _fetch_companion(config, source, path, downloaded or fetch_companion)
+    verify(config, path, source, rehash=downloaded, progress=progress, cache=cache)
+    _fetch_companion(config, source, path, downloaded or fetch_companion, cache)
     return path
 
 
-def verify_cached(config, progress: bool = True) -> Cached | None:
+def verify_cached(config, progress: bool = True, cache: str | Path | None = None) -> Cached | None:
     """Re-hash a cached checkpoint (None when it is not cached). A mismatch is reported, not raised."""
-    found = cached_path(config)
+    cache = cache_dir(cache)
+    found = cached_path(config, cache)
     if found is None:
         return None
     path, source = found
     try:
-        status = verify(config, path, source, rehash=True, progress=progress)
+        status = verify(config, path, source, rehash=True, progress=progress, cache=cache)
     except WeightsError as e:
         return Cached(config.name, path, source, "mismatch", getattr(e, "actual", None))
-    entry = _read_records(record_file(source)).get(source["file"], {})
+    entry = _read_records(record_file(source, cache)).get(source["file"], {})
     return Cached(config.name, path, source, status, entry.get("sha256"))

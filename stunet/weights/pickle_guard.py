@@ -244,7 +244,7 @@ class _Walker:
         except PickleRefused:
             raise
         except (ValueError, EOFError, UnicodeDecodeError, OverflowError) as e:
-            raise PickleRefused(f"truncated or malformed pickle ({str(e).splitlines()[0][:160]})") from None
+            raise PickleRefused(f"truncated or malformed pickle ({str(e).splitlines()[0][:160]})") from e
         raise PickleRefused("truncated pickle (no STOP)")
 
     def step(self, name: str, arg):  # noqa: C901 - one branch per opcode

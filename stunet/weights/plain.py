@@ -2,12 +2,14 @@
 copied with bounded size and depth (shared references cannot explode in a later walk or JSON writer).
 """
 from __future__ import annotations
+
 import json
 from pathlib import Path
+
 import numpy as np
+
 from stunet.errors import CheckpointError
 from stunet.weights.pickle_guard import MIB
-
 
 MAX_PLAIN_NODES = 100_000  # values in plans / dataset.json / metadata, shared references counted each time
 
@@ -34,7 +36,7 @@ class _Plain:
             where, key = where
             keys.append(f"[{key!r:.40}]")
         raise CheckpointError(f"{self.path}: {self.what} is not plain data: {reason} at "
-                              f"{''.join(reversed(keys)) or 'the top'}; a damaged or crafted file") from None
+                              f"{''.join(reversed(keys)) or 'the top'}; a damaged or crafted file")
 
     def count(self, where, nodes: int = 1, text: int = 0) -> None:
         self.nodes += nodes
@@ -115,7 +117,7 @@ def read_json_file(path: str | Path, what: str = "the file") -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160] or type(e).__name__})"
                               ) from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
     content = plain_data(content, path, what)
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(content).__name__}, not an object")

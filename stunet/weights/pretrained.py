@@ -26,8 +26,9 @@ from typing import Callable
 
 from torch import nn
 
-from stunet.weights.checkpoint import Checkpoint, load_checkpoint
+from stunet import settings
 from stunet.errors import CheckpointError
+from stunet.weights.checkpoint import Checkpoint, load_checkpoint
 from stunet.models.config import STUNetConfig
 from stunet.models.registry import list_models, model_builder
 from stunet.weights.transfer import CLASSIFIER, FIRST_LAYER, IncompatibleWeightsError, architecture_of, transfer_weights
@@ -126,7 +127,7 @@ class PretrainedConfig:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise CheckpointError(f"{where}: not nnU-Net v1 plans that fill {', '.join(self.unknown)} "
-                                  f"({type(e).__name__}: {e})") from None
+                                  f"({type(e).__name__}: {e})") from e
         architecture, preprocessing = dict(self.architecture), dict(self.preprocessing)
         if "architecture.strides" in self.unknown:
             architecture["strides"] = pools
@@ -162,7 +163,7 @@ class PretrainedConfig:
                          origin=origin, unknown=tuple(unknown))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{where}: not a pretrained config ({type(e).__name__}: {e}); see "
-                             f"pretrained_configs/*.json for the layout") from None
+                             f"pretrained_configs/*.json for the layout") from e
         if config.model not in list_models():
             raise ValueError(f"{where}: model {config.model!r} is not registered; known: {', '.join(list_models())}")
         if not config.name.startswith(config.model + ".") or not config.tag:
@@ -183,7 +184,7 @@ class PretrainedConfig:
 UNKNOWN = "unknown"
 #: what plans for prediction need from a config (architecture and preprocessing keys)
 PREDICTION_NEEDS = ("strides", "spacing", "patch_size", "normalization")
-ENV_CONFIGS = "STUNET_PRETRAINED_CONFIGS"
+ENV_CONFIGS = settings.PRETRAINED_CONFIGS
 _EXTRA: dict[str, PretrainedConfig] = {}
 
 
@@ -206,13 +207,13 @@ def _from_environment(value: str) -> dict[str, PretrainedConfig]:
         try:
             config = PretrainedConfig.from_dict(json.loads(path.read_text()), str(path))
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{ENV_CONFIGS}: {path}: cannot read the pretrained config ({e})") from None
+            raise ValueError(f"{ENV_CONFIGS}: {path}: cannot read the pretrained config ({e})") from e
         configs[config.name] = config
     return configs
 
 
 def _configs() -> dict[str, PretrainedConfig]:
-    extra = _from_environment(os.environ.get(ENV_CONFIGS, ""))
+    extra = _from_environment(settings.pretrained_configs())
     return dict(sorted({**_shipped(), **extra, **_EXTRA}.items()))
 
 
@@ -223,7 +224,7 @@ def register_pretrained_config(config: PretrainedConfig | dict | str | Path) -> 
         try:
             config = PretrainedConfig.from_dict(json.loads(path.read_text()), str(path))
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read the pretrained config ({e})") from None
+            raise ValueError(f"{path}: cannot read the pretrained config ({e})") from e
     elif isinstance(config, dict):
         config = PretrainedConfig.from_dict(config)
     if config.name in _configs():
@@ -341,6 +342,6 @@ def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None
     try:
         model.transfer_report = transfer_weights(model, ckpt.state_dict, source_labels(ckpt) or config.labels)
     except IncompatibleWeightsError as e:
-        raise CheckpointError(f"{ckpt.path}: {e}") from None
+        raise CheckpointError(f"{ckpt.path}: {e}") from e
     model.pretrained_config = config
     return model

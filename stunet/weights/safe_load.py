@@ -11,20 +11,22 @@ archives are checked first (every declared tensor storage against the bytes the 
 and the structure checks still apply.
 """
 from __future__ import annotations
+
 import codecs
 import collections
 import io
+from pathlib import Path
 import pickle
 import re
-import zipfile
-from pathlib import Path
 from typing import Any
+import zipfile
+
 import numpy as np
 import torch
-from stunet.weights.pickle_guard import PickleRefused, constant, inspect_pickle
-from stunet.errors import CheckpointError
-from stunet.weights.plain import plain_data
 
+from stunet.errors import CheckpointError
+from stunet.weights.pickle_guard import PickleRefused, constant, inspect_pickle
+from stunet.weights.plain import plain_data
 
 _np_core = getattr(np, "_core", None) or np.core
 
@@ -62,7 +64,6 @@ class _SafeUnpickler(pickle.Unpickler):
 # -- bounds -------------------------------------------------------------------------------------------------------
 from stunet.weights.pickle_guard import MIB
 
-
 MAX_PICKLE_BYTES = 256 * MIB  # a .pkl file, or the data.pkl of a torch archive (real: under 1 MiB)
 
 
@@ -96,18 +97,18 @@ def read_pickle(path: str | Path, trust: bool = False) -> Any:
                                   f"{MAX_PICKLE_BYTES // MIB} MiB)")
         data = path.read_bytes()
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
     try:
         inspect_pickle(data, trust=trust)
     except PickleRefused as e:
-        raise _refused(path, e) from None
+        raise _refused(path, e) from e
     try:
         content = pickle.loads(data) if trust else _SafeUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to unpickle it ({e}): the safe loader rebuilds only containers "
-                              f"and numpy values. {TRUST_HINT}") from None
+                              f"and numpy values. {TRUST_HINT}") from e
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable pickle file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable pickle file ({type(e).__name__}: {e})") from e
     return plain_data(content, path, "its content")
 
 
@@ -145,7 +146,7 @@ def _check_archive(path: Path, size: int, trust: bool) -> None:
                                       f"{MAX_PICKLE_BYTES // MIB} MiB)")
             data = archive.read(pkl)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: a damaged or truncated zip archive, not a readable checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: a damaged or truncated zip archive, not a readable checkpoint ({e})") from e
 
     def storage(key: str, nbytes: int) -> None:
         info = members.get(f"{prefix}/data/{key}")
@@ -158,7 +159,7 @@ def _check_archive(path: Path, size: int, trust: bool) -> None:
     try:
         inspect_pickle(data, trust=trust, storage_bytes=storage)
     except PickleRefused as e:
-        raise _refused(path, e) from None
+        raise _refused(path, e) from e
 
 
 def _check_legacy(path: Path, size: int, trust: bool) -> None:
@@ -177,7 +178,7 @@ def _check_legacy(path: Path, size: int, trust: bool) -> None:
             inspect_pickle(f, trust=trust, end=size)
             remaining = size - f.tell()
     except PickleRefused as e:
-        raise _refused(path, e) from None
+        raise _refused(path, e) from e
     needed = sum(8 + n for n in declared.values())
     if needed > remaining:
         raise CheckpointError(f"{path}: declares {needed:,} bytes of tensor data but only {remaining:,} follow "
@@ -207,8 +208,8 @@ def torch_load(path: Path, trust: bool) -> Any:
         what = f"it references {found.group(1)}" if found else str(e).splitlines()[0]
         raise CheckpointError(f"{path}: refused to unpickle it ({what}): the safe loader only rebuilds tensors, "
                               f"containers and numpy values, which is all that nnU-Net and stunet checkpoints hold. "
-                              f"{TRUST_HINT}") from None
+                              f"{TRUST_HINT}") from e
     except Exception as e:  # torch raises many types for files that are not (complete) checkpoints
         detail = str(e).splitlines()[0] if str(e) else "empty, truncated or not a checkpoint"
         raise CheckpointError(f"{path}: not a PyTorch checkpoint that can be read ({type(e).__name__}: {detail})"
-                              ) from None
+                              ) from e
