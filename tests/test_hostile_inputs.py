@@ -148,3 +148,50 @@ def test_the_budget_counts_the_padding_of_thin_images(model):
     memory = budget.memory
     assert memory.padded([6667, 1, 1]) == [6667, 32, 32]
     assert memory.estimate([10000, 2, 2], [6667, 1, 1]) > 6667 * 32 * 32 * 4
+
+
+def test_headers_that_point_outside_their_folder_are_refused(model, tmp_path):
+    """A NRRD 'data file:' or a MetaImage ElementDataFile outside the header's folder would read another file."""
+    from stunet.prediction.checks import check_files
+
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(24 * 24 * 8 * 2))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    headers = {
+        "nrrd_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\nencoding: raw\n"
+                          f"data file: ../secret.raw\n\n",
+        "absolute_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\n"
+                              f"encoding: raw\ndata file: {secret}\n\n",
+        "list_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\nencoding: raw\n"
+                          "data file: LIST\nok.raw\n../secret.raw\n",
+        "meta_0000.mhd": "ObjectType = Image\nNDims = 3\nDimSize = 24 24 8\nElementSpacing = 1 1 1\n"
+                         "ElementType = MET_SHORT\nElementDataFile = ../secret.raw\n",
+    }
+    for name, text in headers.items():
+        (folder / name).write_text(text)
+        with pytest.raises(CaseError, match="outside the header's folder"):
+            check_files([folder / name])
+    write_image(folder / "good_0000.nii.gz", _volume(6))
+    done = predict("-i", folder, "-o", tmp_path / "out", "-m", model, "--disable-tta", check=False)
+    assert done.returncode == 1 and (tmp_path / "out" / "good.nii.gz").is_file()
+    assert sum("outside the header's folder" in line for line in done.stderr.splitlines()) == 4 * 2  # + summary
+
+
+def test_disagreeing_qform_and_sform_are_recorded(model, tmp_path):
+    """Decided: the image is placed as ITK reads it (here: by the scanner-coded qform); the disagreement and which form ITK followed are noted."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = nib.Nifti1Image(_volume(8).T, None)
+    image.set_qform(np.diag([0.8, 0.8, 3.0, 1.0]), code=1)
+    shifted = np.diag([0.8, 0.8, 3.0, 1.0])
+    shifted[:3, 3] = [12.0, -4.0, 30.0]
+    image.set_sform(shifted, code=2)
+    nib.save(image, folder / "forms_0000.nii.gz")
+    out = tmp_path / "out"
+    done = predict("-i", folder, "-o", out, "-m", model, "--disable-tta")
+    assert "qform and sform place the image up to" in done.stderr and "follows the qform" in done.stderr, done.stderr
+    notes = json.loads((out / "provenance.json").read_text())["cases"]["forms"]["notes"]
+    assert any("follows the qform" in n for n in notes)
+    written = sitk.ReadImage(str(out / "forms.nii.gz"))
+    assert np.allclose(written.GetOrigin(), sitk.ReadImage(str(folder / "forms_0000.nii.gz")).GetOrigin())

@@ -37,7 +37,7 @@ from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.checks import check_files, check_sitk_images, check_values
 from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file, split_name
-from stunet.prediction.headers import nifti_nonfinite
+from stunet.prediction.headers import nifti_form_note, nifti_nonfinite
 from stunet.prediction.images import array_to_sitk, is_nibabel, nibabel_to_sitk, reader_output
 
 @dataclass
@@ -112,7 +112,12 @@ def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -
             hidden = nifti_nonfinite(path)
             if hidden is not None and hidden.shape == channel.shape:
                 channel[hidden] = np.nan
-    return _Read(image, properties, [str(f) for f in files])
+    notes = []
+    for path, link in zip(files, readable):  # qform and sform that disagree: which one ITK followed, recorded
+        note = nifti_form_note(link, properties["sitk_stuff"]) if "sitk_stuff" in properties else None
+        if note:
+            notes.append(note.replace(str(link), str(path), 1))
+    return _Read(image, properties, [str(f) for f in files], notes=notes)
 
 
 def _read_dicom(engine, source: Path, name: str, series_uid: str | None, workdir: Path,

@@ -15,7 +15,7 @@ import numpy as np
 
 from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget
-from stunet.prediction.headers import check_data_size, header_spacing
+from stunet.prediction.headers import check_data_files, check_data_size, header_spacing
 
 _COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 # the voxel sizes (mm) of real CT, MR and PET images lie well inside this range; outside it a header is wrong (a unit
@@ -77,6 +77,7 @@ def check_files(files: Sequence[Path], budget: VoxelBudget | None = None, shown:
     ``files`` are links to them (:func:`stunet.prediction.case.itk_path`)."""
     seen = []
     for path, name in zip(files, shown or files):
+        check_data_files(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:

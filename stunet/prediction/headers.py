@@ -262,3 +262,89 @@ def nifti_nonfinite(path: Path) -> np.ndarray | None:
     if bad.ndim != 3 or not bad.any():
         return None
     return bad.transpose(2, 1, 0)
+
+
+def nifti_form_note(path: Path, sitk_stuff: dict) -> str | None:
+    """A note when a NIfTI file's qform and sform place the image differently (by more than 0.01 mm at a corner):
+    the segmentation is written where ITK reads the image (its reading is stated in the note, and recorded), which other
+    tools that prefer the other form show elsewhere. None when they agree, or one of them is unset."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+    try:
+        header = nib.load(str(path)).header
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+    except Exception:  # nibabel cannot read what ITK could: nothing to compare
+        return None
+    if not qcode or not scode:
+        return None
+    shape = np.array(header.get_data_shape()[:3]) - 1
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])]).T
+    apart = float(np.abs((qform - sform) @ corners).max())
+    if apart <= 0.01:
+        return None
+    spacing = np.asarray(sitk_stuff["spacing"], dtype=float)
+    direction = np.asarray(sitk_stuff["direction"], dtype=float).reshape(3, 3)
+    itk = np.eye(4)
+    itk[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ direction @ np.diag(spacing)  # LPS -> RAS, nibabel's convention
+    itk[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(sitk_stuff["origin"], dtype=float)
+    follows = ("the sform" if np.abs((itk - sform) @ corners).max() <= 0.01 else
+               "the qform" if np.abs((itk - qform) @ corners).max() <= 0.01 else
+               "neither alone (origin and direction from one, spacing from pixdim)")
+    return (f"{path}: its qform and sform place the image up to {apart:.3g} mm apart; it is segmented and written as "
+            f"ITK reads it, which follows {follows}")
+
+
+def _named_data_files(path: Path, head: bytes) -> list[str]:
+    """The data files a NRRD or MetaImage header names (single, pattern, or LIST entries), as written."""
+    text = head.decode("latin-1")
+    lines = text.splitlines()
+    if head.startswith(b"NRRD"):
+        for i, line in enumerate(lines):
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("data file", "datafile"):
+                value = value.strip().lstrip("=").strip()
+                if value.split()[:1] == ["LIST"]:
+                    return [entry.strip() for entry in lines[i + 1:] if entry.strip()]
+                return [value.split()[0] if "%" in value else value]
+        return []
+    for i, line in enumerate(lines):
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            value = value.strip()
+            if value in ("LOCAL", ""):
+                return []
+            if value.split()[:1] == ["LIST"]:
+                return [entry.strip() for entry in lines[i + 1:] if entry.strip()]
+            return [value.split()[0] if "%" in value else value]
+    return []
+
+
+def check_data_files(path: Path) -> None:
+    """Raise CaseError when a NRRD or MetaImage header names a data file outside its own folder (an absolute path, or
+    one that leaves the folder through ``..`` or a link): reading it would read another file of the machine."""
+    name = path.name.lower()
+    if not name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_LIMIT)
+    except OSError:
+        return  # check_data_size names it
+    if name.endswith((".nrrd", ".nhdr")) and not head.startswith(b"NRRD"):
+        return
+    if not name.endswith((".nrrd", ".nhdr")):  # a MetaImage header ends at ElementDataFile's line
+        match = re.search(rb"^ElementDataFile\s*=.*$", head, re.MULTILINE)
+        if match is None:
+            return
+        head = head if b"LIST" in match.group(0) else head[:match.end()]
+    else:
+        stop = min((i for mark in (b"\n\n", b"\r\n\r\n") if (i := head.find(mark)) >= 0), default=len(head))
+        head = head[:stop]
+    folder = path.resolve().parent  # the header's own folder, also when path is a link to it
+    for entry in _named_data_files(path, head):
+        target = (folder / entry).resolve()
+        if Path(entry).is_absolute() or not target.is_relative_to(folder):
+            raise CaseError(f"{path}: its header names the data file {entry!r}, outside the header's folder; refused "
+                            f"(it would read another file): keep the data beside the header")
