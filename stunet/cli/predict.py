@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--statistics", action="store_true",
                      help="per-label volume and intensity statistics: case.statistics.json and statistics.csv")
     out.add_argument("--preview", action="store_true", help="a PNG of three slices with the labels: case.png")
+    out.add_argument("--qc", action="store_true",
+                     help="quality control per label (confidence, uncertain_fraction, components, "
+                          "largest_component_fraction, flag) in the statistics; implies --statistics "
+                          "(see docs/evaluation.md)")
     out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
     out.add_argument("--num-parts", type=int, help="split the cases into this many parts ... (default: from "
                                                    "torchrun or SLURM, else 1)")
@@ -168,7 +172,7 @@ def _write_case(result, args, segmenter, out_dir: Path, target: Path, seg_target
     seg, properties = result.labels, result.properties
     if result.image is not None:
         write_extras(out_dir, result.name, seg, result.image, properties["spacing"], names, partial, args.statistics,
-                     args.preview)
+                     args.preview, result.quality)
     if result.probabilities is not None:
         atomic_write(out_dir / f"{result.name}.npz", lambda tmp: np.savez_compressed(
             tmp, probabilities=result.probabilities, labels=np.array([names[i] for i in sorted(names)])), partial)
@@ -212,6 +216,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.fast:
         args.disable_tta, args.step_size = True, 1.0
+    if args.qc:
+        args.statistics = True
     if not 0 < args.step_size <= 1:
         parser.error("--step-size must be in (0, 1]")
     started = time.time()
@@ -316,7 +322,8 @@ def main(argv=None) -> None:
                 tiles = tqdm(unit="tile", leave=False, desc=printable(case.name))
                 try:
                     result = segmenter.predict(case, probabilities=args.save_probabilities,
-                                               keep_image=args.statistics or args.preview, series_uid=args.series_uid,
+                                               keep_image=args.statistics or args.preview, qc=args.qc,
+                                               series_uid=args.series_uid,
                                                workdir=Path(workdir), progress=tiles.update,
                                                on_start=lambda n: tiles.reset(n), warn=False)
                 finally:

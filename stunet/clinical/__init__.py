@@ -1,6 +1,6 @@
 """Clinical I/O: DICOM series as inputs (:mod:`.dicom`), DICOM-SEG as output (:mod:`.dicom_seg`), per-label
-statistics (:mod:`.statistics`) and preview pictures (:mod:`.preview`). Each works on arrays and files alone, with no
-model.
+statistics (:mod:`.statistics`), quality control without labels (:mod:`.quality`) and preview pictures
+(:mod:`.preview`). Each works on arrays and files alone, with no model.
 
-May import: the base modules only (pydicom/highdicom are the ``dicom`` extra, matplotlib is not needed).
+May import: the base modules only (pydicom/highdicom are the ``dicom`` extra).
 """

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stunet.clinical.quality import QC_FIELDS
+
 FIELDS = ["case", "label", "name", "voxels", "volume_ml", "mean", "std", "median", "min", "max", "touches_border"]
 
 
@@ -53,12 +55,15 @@ def to_json_ready(stats: dict) -> dict:
 
 
 def csv_rows(case: str, stats: dict) -> list[dict]:
-    return [{"case": case, "name": name, **{f: e[f] for f in FIELDS if f in e}} for name, e in stats.items()]
+    return [{"case": case, "name": name, **{f: e[f] for f in FIELDS + QC_FIELDS if f in e}}
+            for name, e in stats.items()]
 
 
 def csv_text(rows: list[dict]) -> str:
+    """The rows as CSV; the quality-control columns (``--qc``) follow when any row has them."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, FIELDS, lineterminator="\n")
+    fields = FIELDS + [f for f in QC_FIELDS if any(f in row for row in rows)]
+    writer = csv.DictWriter(buffer, fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -19,9 +19,9 @@ What to write, and where, is the caller's: the command writes files atomically, 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 import glob
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 import tempfile
 import time
@@ -33,12 +33,15 @@ import SimpleITK as sitk
 import numpy as np
 
 from stunet.clinical.dicom import DicomSeries, extract_zip, read_dicom
+from stunet.clinical.quality import quality
 from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.checks import check_files, check_sitk_images, check_values
 from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file, split_name
+from stunet.prediction.export import ConfidenceTally
 from stunet.prediction.headers import nifti_form_note, nifti_nonfinite
 from stunet.prediction.images import array_to_sitk, is_nibabel, nibabel_to_sitk, reader_output
+
 
 @dataclass
 class CaseResult:
@@ -52,8 +55,9 @@ class CaseResult:
     series: DicomSeries | None = None
     reference: object = None  # the first in-memory input (its kind and header), else None
     notes: list[str] = field(default_factory=list)  # what was repaired or changed on the way (also warned)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: read, preprocess, network, export
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: read, preprocess, network, export[, qc]
     tiles: int = 0
+    quality: dict[str, dict] | None = None  # with qc=True: per label name (stunet.clinical.quality)
 
 
 @dataclass
@@ -205,14 +209,15 @@ def case_name(source) -> str:
 
 
 def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None,
-                 probabilities: bool = False, keep_image: bool = False, series_uid: str | None = None,
+                 probabilities: bool = False, keep_image: bool = False, qc: bool = False,
+                 series_uid: str | None = None,
                  budget: VoxelBudget | None = None, workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> CaseResult:
     """Segment one case (see the module's docstring). ``engine`` is a :class:`~.segmenter.Segmenter`; ``budget``
     defaults to its own (``max_voxels``, with the probability maps counted when asked for); ``workdir`` keeps an
     extracted zip's files for as long as the caller needs them (a DICOM-SEG references them), else they are removed
-    when the case is done. Raises :class:`~stunet.errors.CaseError` naming the input for anything refused."""
+    when the case is done. ``qc`` adds the per-label quality fields (:mod:`stunet.clinical.quality`). Raises :class:`~stunet.errors.CaseError` naming the input for anything refused."""
     start = time.perf_counter()
     budget = budget or engine.budget(probabilities)
     own_workdir = workdir is None
@@ -227,10 +232,21 @@ def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affi
         read.image = None
         data, properties = engine.preprocess(image, properties)
         del image  # normalised in place: freed before the network runs
-        seg, probs = engine.segment_preprocessed(data, properties, probabilities, progress, on_start)
+        engine.predictor.tally = ConfidenceTally() if qc else None
+        try:
+            seg, probs = engine.segment_preprocessed(data, properties, probabilities, progress, on_start)
+        finally:
+            tally, engine.predictor.tally = engine.predictor.tally, None
         del data
     if own_workdir and read.extracted:
         read.series.files = []  # the extracted files are gone: a zip's series can no longer be referenced by file
     notes = read.notes + engine.predictor.take_fallbacks()
-    return CaseResult(case_name(source), seg, properties, probs, first, read.series, read.reference, notes,
-                      {"read": read_seconds, **engine.timings}, engine.predictor.tiles)
+    timings = {"read": read_seconds, **engine.timings}
+    checked = None
+    if qc:
+        qc_start = time.perf_counter()
+        members = {label: engine.members[i] for i, label in enumerate(sorted(engine.label_names))}
+        checked = quality(seg, tally, members, engine.label_names)
+        timings["qc"] = time.perf_counter() - qc_start
+    return CaseResult(case_name(source), seg, properties, probs, first, read.series, read.reference, notes, timings,
+                      engine.predictor.tiles, checked)

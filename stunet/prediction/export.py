@@ -54,19 +54,48 @@ def head_logits(networks, features: Sequence[torch.Tensor]) -> torch.Tensor:
     return total.div_(len(features)) if len(features) > 1 else total
 
 
-def argmax(networks, features: Sequence[torch.Tensor], voxels_per_chunk: int = 1 << 15) -> torch.Tensor:
+class ConfidenceTally:
+    """Per model class, over the voxels it wins: how many, the sum of their winning probability (the softmax of the
+    mean logits), and how many of them won with a probability below 0.5 (``stunet-predict --qc``). Filled by
+    :func:`argmax` from the logits it computes anyway, on the network's grid: no second pass over any logits."""
+
+    def __init__(self):
+        self.voxels = self.confidence = self.uncertain = None
+
+    def add(self, winners: torch.Tensor, logits: torch.Tensor) -> None:
+        top = logits.gather(1, winners.long()[:, None])
+        probability = 1.0 / torch.exp(logits - top).sum(1)  # the winner's softmax probability
+        classes = logits.shape[1]
+        winners = winners.long()
+        counts = [torch.bincount(winners, minlength=classes).double(),
+                  torch.bincount(winners, probability.double(), minlength=classes),
+                  torch.bincount(winners[probability < 0.5], minlength=classes).double()]
+        if self.voxels is None:
+            self.voxels, self.confidence, self.uncertain = (c.cpu() for c in counts)
+        else:
+            for held, new in zip((self.voxels, self.confidence, self.uncertain), counts):
+                held += new.cpu()
+
+
+def argmax(networks, features: Sequence[torch.Tensor], voxels_per_chunk: int = 1 << 15,
+           tally: ConfidenceTally | None = None) -> torch.Tensor:
     """The class with the largest mean logit at each voxel of ``features`` ((voxels, channels) each), as int16;
-    in chunks whose logits stay in the CPU's cache."""
+    in chunks whose logits stay in the CPU's cache. ``tally`` adds each voxel's winning probability."""
     labels = torch.empty(features[0].shape[0], dtype=torch.int16, device=features[0].device)
     for start in range(0, labels.numel(), voxels_per_chunk):
         part = slice(start, start + voxels_per_chunk)
-        labels[part] = head_logits(networks, [f[part] for f in features]).argmax(1).to(labels.device, torch.int16)
+        logits = head_logits(networks, [f[part] for f in features])
+        winners = logits.argmax(1)
+        if tally is not None:
+            tally.add(winners, logits)
+        labels[part] = winners.to(labels.device, torch.int16)
     return labels
 
 
-def coarse_labels(networks, features: Sequence[torch.Tensor]) -> torch.Tensor:
+def coarse_labels(networks, features: Sequence[torch.Tensor], tally: ConfidenceTally | None = None) -> torch.Tensor:
     """:func:`argmax` at every voxel of the network's grid; ``features`` are channels-last (Z, Y, X, C)."""
-    return argmax(networks, [f.reshape(-1, f.shape[-1]) for f in features]).view(features[0].shape[:-1])
+    return argmax(networks, [f.reshape(-1, f.shape[-1]) for f in features], tally=tally).view(
+        features[0].shape[:-1])
 
 
 def cell_labels(labels: torch.Tensor, interpolated: Sequence[bool]) -> torch.Tensor:
@@ -101,10 +130,12 @@ def _interpolate(flat: torch.Tensor, shape: Sequence[int], corners) -> torch.Ten
 
 def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], shape: Sequence[int],
                 new_shape: Sequence[int], orders: Sequence[int], rows_per_chunk: int = 8,
-                voxels_per_batch: int = 1 << 18) -> Iterator[tuple[slice, torch.Tensor]]:
+                voxels_per_batch: int = 1 << 18, tally: ConfidenceTally | None = None
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows along axis 0, class labels)`` on the output grid ``new_shape``, chunk by chunk, as the features
     on the network's grid ``shape`` arrive: ``slabs`` yields ``(first row, [channels-last (rows, Y, X, C) features of
-    each network])`` in row order (views that may change after the next one; see the module's text)."""
+    each network])`` in row order (views that may change after the next one; see the module's text). ``tally``
+    collects the winning probabilities on the network's grid."""
     maps = [axis_map(n_in, n_out, order, "cpu") for n_in, n_out, order in zip(shape, new_shape, orders)]
     interpolated = [order > 0 and n_in != n_out for n_in, n_out, order in zip(shape, new_shape, orders)]
     maps = [m if mixed else (m[0], m[0], m[2]) for m, mixed in zip(maps, interpolated)]  # weight 0: one row read
@@ -122,7 +153,7 @@ def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], s
             maps = [tuple(t.to(labels.device) for t in m) for m in maps]
         slab = [f.to(labels.device) for f in slab]
         end = first + slab[0].shape[0]
-        labels[first:end] = coarse_labels(networks, slab)
+        labels[first:end] = coarse_labels(networks, slab, tally)
         known = end if end == shape[0] or not interpolated[0] else end - 1  # rows whose cells are known
         cells[cells_done:known] = cell_labels(labels[cells_done:min(known + 1, shape[0])], interpolated)[
             :known - cells_done]

@@ -54,12 +54,15 @@ def provenance(model, checkpoints: list[Path], options: dict) -> dict:
 
 
 def write_extras(out_dir: Path, name: str, seg: np.ndarray, image: np.ndarray, spacing_zyx, names: dict[int, str],
-                 partial: Path, statistics: bool, preview: bool) -> list[dict]:
-    """Statistics JSON (returns its CSV rows) and the preview PNG of one case; ``seg`` and ``image`` (z, y, x)."""
+                 partial: Path, statistics: bool, preview: bool, quality: dict[str, dict] | None = None) -> list[dict]:
+    """Statistics JSON (returns its CSV rows; with ``quality``, the QC fields of each label join its statistics) and
+    the preview PNG of one case; ``seg`` and ``image`` (z, y, x)."""
     rows = []
     if statistics:
         from stunet.clinical.statistics import csv_rows, label_statistics, to_json_ready
         stats = label_statistics(seg, image, spacing_zyx, names)
+        for label, fields in (quality or {}).items():
+            stats.setdefault(label, {}).update(fields)
         atomic_write(out_dir / f"{name}.statistics.json", lambda tmp: tmp.write_text(
             json.dumps(to_json_ready(stats), indent=2)), partial)
         rows = csv_rows(name, stats)

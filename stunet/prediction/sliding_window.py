@@ -32,7 +32,7 @@ import torch
 
 from stunet.cpu_memory import release_freed_memory
 from stunet.models.network import STUNet
-from stunet.prediction.export import argmax, fine_labels, head_logits
+from stunet.prediction.export import ConfidenceTally, argmax, fine_labels, head_logits
 from stunet.prediction.model import Model
 from stunet.prediction.preprocessing import preprocess
 from stunet.prediction.resample import axis_orders, resample_chunks
@@ -55,6 +55,7 @@ class Predictor:
         self.chunk_slices = chunk_slices
         self.network_seconds = 0.0  # the forward passes of the last image (feature_slabs)
         self.tiles = 0  # tiles of the last image
+        self.tally: ConfidenceTally | None = None  # set by the caller to collect winning probabilities (--qc)
         self.fallbacks: list[str] = []  # where the last image's work left the GPU for the CPU (out of memory)
         for network in model.networks:
             network.to(self.device)
@@ -196,7 +197,7 @@ class Predictor:
         if probabilities_of is None and not self.model.label_manager.has_regions \
                 and math.prod(new_shape) > math.prod(data.shape[1:]):
             chunks = fine_labels(self.model.networks, self.feature_slabs(data, progress, on_start), data.shape[1:],
-                                 new_shape, self._orders(properties), self.chunk_slices)
+                                 new_shape, self._orders(properties), self.chunk_slices, tally=self.tally)
             return self._assemble(chunks, properties, lookup), None
         return self.segment(self.blended_features(data, progress, on_start), properties, lookup, probabilities_of)
 
@@ -222,7 +223,7 @@ class Predictor:
         if probabilities_of is None and not self.model.label_manager.has_regions \
                 and math.prod(new_shape) > math.prod(features[0].shape[1:]):
             chunks = fine_labels(self.model.networks, [(0, last)], features[0].shape[1:], new_shape, orders,
-                                 self.chunk_slices)
+                                 self.chunk_slices, tally=self.tally)
         else:
             chunks = self._resampled_labels(last, new_shape, orders, probabilities_of, probs)
         seg = self._assemble(chunks, properties, lookup)
@@ -255,9 +256,12 @@ class Predictor:
             rows, shape = parts[0][0], parts[0][1].shape[:-1]
             flat = [p.reshape(-1, p.shape[-1]) for _, p in parts]
             if probabilities_of is None and not lm.has_regions:
-                yield rows, argmax(networks, flat).view(shape)  # the argmax of the softmax
+                yield rows, argmax(networks, flat, tally=self.tally).view(shape)  # the argmax of the softmax
                 continue
-            logits = head_logits(networks, flat).T.reshape(-1, *shape)
+            logits = head_logits(networks, flat)
+            if self.tally is not None and not lm.has_regions:
+                self.tally.add(logits.argmax(1), logits)
+            logits = logits.T.reshape(-1, *shape)
             if probabilities_of is not None:
                 classes = lm.apply_inference_nonlin(logits)
                 labels = lm.convert_probabilities_to_segmentation(classes)
