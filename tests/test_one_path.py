@@ -147,7 +147,7 @@ def test_a_good_image_gets_the_same_labels_and_notes_through_both(setup):
     np.testing.assert_array_equal(np.asarray(from_image.dataobj), cli.transpose(2, 1, 0))
 
 
-def test_calls_are_serialised(setup, monkeypatch):
+def test_calls_are_serialised(setup, bad, monkeypatch):
     """Three threads share one Segmenter: at no moment do two cases run at once, and each gets the result of one alone.
     Without the Segmenter's lock the instrumented phase sees several callers at once and this fails."""
     seg, root, _ = setup
@@ -179,3 +179,23 @@ def test_calls_are_serialised(setup, monkeypatch):
     assert most[0] == 1
     for r in results:
         np.testing.assert_array_equal(r, expected)
+
+
+def test_work_that_leaves_the_gpu_is_said_once_and_recorded(setup, bad, monkeypatch):
+    """A CUDA out-of-memory that moves work to the CPU is one warning line and a note of the case (the provenance)."""
+    seg, root, _ = setup
+    image = sitk.ReadImage(str(root / "bad" / "big.nii.gz"))
+    original = seg.predictor.predict
+
+    def running_out(*args, **kwargs):
+        seg.predictor.note_fallback("the blending canvas")  # what the canvas allocation does on OutOfMemoryError
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg.predictor, "predict", running_out)
+    with pytest.warns(UserWarning, match="did not fit in the memory of cpu; it was computed on the CPU") as caught:
+        seg(image)
+    assert len([w for w in caught if "did not fit" in str(w.message)]) == 1
+    assert any("the blending canvas did not fit" in n for n in seg.last.notes)
+    monkeypatch.undo()
+    seg(image)  # the next case starts without it
+    assert not any("did not fit" in n for n in seg.last.notes)

@@ -130,8 +130,8 @@ def _interpolate(flat: torch.Tensor, shape: Sequence[int], corners) -> torch.Ten
 
 def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], shape: Sequence[int],
                 new_shape: Sequence[int], orders: Sequence[int], rows_per_chunk: int = 8,
-                voxels_per_batch: int = 1 << 18, tally: ConfidenceTally | None = None
-                ) -> Iterator[tuple[slice, torch.Tensor]]:
+                voxels_per_batch: int = 1 << 18, tally: ConfidenceTally | None = None,
+                on_fallback=None) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows along axis 0, class labels)`` on the output grid ``new_shape``, chunk by chunk, as the features
     on the network's grid ``shape`` arrive: ``slabs`` yields ``(first row, [channels-last (rows, Y, X, C) features of
     each network])`` in row order (views that may change after the next one; see the module's text). ``tally``
@@ -148,6 +148,8 @@ def fine_labels(networks, slabs: Iterable[tuple[int, Sequence[torch.Tensor]]], s
                 labels = torch.empty(tuple(shape), dtype=torch.int16, device=slab[0].device)
                 cells = torch.empty_like(labels)
             except torch.cuda.OutOfMemoryError:  # no room on the GPU: the export runs on the CPU
+                if on_fallback is not None:
+                    on_fallback("the export")
                 labels = torch.empty(tuple(shape), dtype=torch.int16)
                 cells = torch.empty_like(labels)
             maps = [tuple(t.to(labels.device) for t in m) for m in maps]

@@ -16,6 +16,8 @@ Other preprocessors, resampling functions or normalisation classes go through nn
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
@@ -54,7 +56,7 @@ def bounding_box(data: np.ndarray) -> list[list[int]]:
 
 
 def _resample(data: torch.Tensor, new_shape, original_spacing, target_spacing, kwargs: dict,
-              device: torch.device) -> torch.Tensor:
+              device: torch.device, on_fallback: Callable[[str], None] | None = None) -> torch.Tensor:
     separate, axis = determine_do_sep_z_and_axis(kwargs.get("force_separate_z"), original_spacing, target_spacing,
                                                  *([kwargs["separate_z_anisotropy_threshold"]]
                                                    if "separate_z_anisotropy_threshold" in kwargs else []))
@@ -64,14 +66,18 @@ def _resample(data: torch.Tensor, new_shape, original_spacing, target_spacing, k
             return resample_image(data.to(device), *args)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
+            if on_fallback is not None:
+                on_fallback("resampling the image")
     return resample_image(data, *args)
 
 
 def preprocess(image: np.ndarray, properties: dict, plans_manager: PlansManager,
                configuration_manager: ConfigurationManager, dataset_json: dict,
-               device: str | torch.device = "cpu") -> tuple[torch.Tensor, dict]:
+               device: str | torch.device = "cpu",
+               on_fallback: Callable[[str], None] | None = None) -> tuple[torch.Tensor, dict]:
     """(preprocessed float32 tensor (channels, *spatial), properties with nnU-Net's crop and shape entries) of the
-    reader's ``image`` (channels, *spatial). ``image`` is normalised in place: the caller must not reuse it."""
+    reader's ``image`` (channels, *spatial). ``image`` is normalised in place: the caller must not reuse it.
+    ``on_fallback(what)`` is told when the GPU has no room and the CPU does the work instead."""
     device = torch.device(device)
     if not supported(configuration_manager):
         preprocessor = configuration_manager.preprocessor_class(verbose=False)
@@ -100,4 +106,5 @@ def preprocess(image: np.ndarray, properties: dict, plans_manager: PlansManager,
     tensor = torch.from_numpy(np.ascontiguousarray(data))
     del data, image, seg
     return _resample(tensor, new_shape, original_spacing, target_spacing,
-                     configuration_manager.configuration.get("resampling_fn_data_kwargs", {}), device), properties
+                     configuration_manager.configuration.get("resampling_fn_data_kwargs", {}), device,
+                     on_fallback), properties
