@@ -16,6 +16,11 @@ benchmarks/predict.py (cached in --work), fp32, no mirroring, step 0.5, CPU.
    same weights for both; per-label Dice (mean and minimum over the labels either output holds).
 
 Results: benchmarks/results/pipeline_cpu.md.
+
+``--qc`` instead measures what ``stunet-predict --qc`` costs (issue 26, point 5): ``--runs`` pairs of runs, without and
+with ``--qc``, alternating, on the same case; per pair the wall times, the qc phase (components and flags on the written
+map) and the export phase (which collects the winning probabilities), and the cost as (wall with - wall without) /
+wall without. Results: benchmarks/results/pipeline_qc_cpu.md.
 """
 from __future__ import annotations
 
@@ -82,19 +87,53 @@ def pruned_model_folder(checkpoint: Path, classes: list[int], folder: Path) -> P
     return folder
 
 
+def qc_cost(predict: list[str], env: dict, work: Path, args) -> None:
+    rows, costs = [], []
+    for run in range(args.runs):
+        walls = {}
+        for mode, extra in (("without", []), ("with", ["--qc"])):
+            print(f"stunet-predict {mode} --qc, whole-body CT, pair {run + 1} ...", flush=True)
+            log = work / f"pipeline_qc_{mode}_{run}.log"
+            wall, _, pss = run_measured(predict + ["-o", str(work / f"out_qc_{mode}")] + extra, env, log, pss=True)
+            walls[mode] = (wall, phases(log), pss)
+        (plain, plain_phases, plain_pss), (qc, qc_phases, qc_pss) = walls["without"], walls["with"]
+        costs.append((qc - plain) / plain)
+        rows.append(f"| {run + 1} | {plain:.1f} | {qc:.1f} | {plain_phases['export']:.1f} | {qc_phases['export']:.1f} "
+                    f"| {qc_phases.get('qc', 0):.1f} | **{costs[-1]:+.1%}** | {qc_phases.get('qc', 0) / qc:.1%} | "
+                    f"{plain_pss / 2 ** 30:.2f} / {qc_pss / 2 ** 30:.2f} |")
+        print("  " + rows[-1], flush=True)
+    lines = [
+        "Cost of `stunet-predict --qc` (per-label confidence, uncertain fraction, components, flags) on the whole-body "
+        "CT, 512×512×600 voxels at 0.8 mm, 105-class STU-Net-S (fitted weights), fp32, no mirroring, CPU.",
+        f"Machine: {describe()}, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+        "Command: `python benchmarks/pipeline.py --qc`. Goal: at most 5 % of the prediction time.", "",
+        "| pair | wall without (s) | wall with (s) | export without | export with | qc phase | cost (wall) | qc phase "
+        "/ wall | peak PSS without / with (GiB) |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        f"Median cost over the pairs: **{float(np.median(costs)):+.1%}** of the wall time."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(table + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/stunet_bench_predict"))
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--skip-nnunet", action="store_true", help="leave out the agreement run (about 6 minutes)")
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "pipeline_cpu.md")
+    parser.add_argument("--results", type=Path, help="default: results/pipeline_cpu.md (pipeline_qc_cpu.md with --qc)")
+    parser.add_argument("--qc", action="store_true", help="measure the cost of --qc instead (pairs of runs)")
     args = parser.parse_args()
+    args.results = args.results or Path(__file__).parent / "results" / (
+        "pipeline_qc_cpu.md" if args.qc else "pipeline_cpu.md")
     work = args.work
     _, checkpoint = prepared(work)
     big = make_whole_body(work / "wholebody")
     env = command_env(work)
     predict = [str(BIN / "stunet-predict"), "-i", str(big.parent), "--pretrained", "stunet_small.totalseg104",
                "--checkpoint", str(checkpoint), "--disable-tta", "--device", "cpu", "--overwrite"]
+    if args.qc:
+        return qc_cost(predict, env, work, args)
     rows = []
     for run in range(args.runs):
         print(f"stunet-predict, whole-body CT, run {run + 1} ...", flush=True)

@@ -7,6 +7,7 @@ table below is the users' documentation too: docs/settings.md holds a copy (keep
 | ``STUNET_DEBUG`` | every command | yes: a failure prints its traceback (as ``--debug``) |
 | ``STUNET_MAX_VOXELS`` | prediction (command and Python) | the voxel budget at the model's spacing (e.g. ``4e8``); set, it replaces the memory check |
 | ``STUNET_HOME`` | weights | the download cache (default: the Hugging Face Hub cache) |
+| ``STUNET_DOWNLOAD_TIMEOUT`` | weights | seconds one released-weights file may take to download, first request to last byte (default 21600, 6 hours); past it the transfer stops and its partial file is removed |
 | ``STUNET_PRETRAINED_CONFIGS`` | weights | extra released-model configs: JSON files or folders, separated by ``os.pathsep`` |
 | ``STUNET_PRECISION`` | trainers | ``fp16`` or ``bf16`` mixed precision on CUDA (default fp16) |
 | ``STUNET_ACTIVATION_CHECKPOINTING`` | trainers | ``stage`` / ``block`` (yes means ``stage``, no switches it off) |
@@ -26,14 +27,15 @@ from typing import Mapping
 DEBUG = "STUNET_DEBUG"
 MAX_VOXELS = "STUNET_MAX_VOXELS"
 HOME = "STUNET_HOME"
+DOWNLOAD_TIMEOUT = "STUNET_DOWNLOAD_TIMEOUT"
 PRETRAINED_CONFIGS = "STUNET_PRETRAINED_CONFIGS"
 PRECISION = "STUNET_PRECISION"
 ACTIVATION_CHECKPOINTING = "STUNET_ACTIVATION_CHECKPOINTING"
 LABEL_MAP = "STUNET_LABEL_MAP"
 TRUST_CHECKPOINT = "STUNET_TRUST_CHECKPOINT"
 SHARED = "STUNET_SHARED"
-ALL = (DEBUG, MAX_VOXELS, HOME, PRETRAINED_CONFIGS, PRECISION, ACTIVATION_CHECKPOINTING, LABEL_MAP, TRUST_CHECKPOINT,
-       SHARED)
+ALL = (DEBUG, MAX_VOXELS, HOME, DOWNLOAD_TIMEOUT, PRETRAINED_CONFIGS, PRECISION, ACTIVATION_CHECKPOINTING, LABEL_MAP,
+       TRUST_CHECKPOINT, SHARED)
 
 YES = ("1", "true", "yes", "on", "t", "y")
 NO = ("0", "false", "no", "off", "f", "n")
@@ -85,6 +87,23 @@ def max_voxels(environ: Mapping[str, str] | None = None) -> int | None:
 def home(environ: Mapping[str, str] | None = None) -> Path | None:
     value = text(HOME, environ)
     return Path(value).expanduser().resolve() if value else None
+
+
+DEFAULT_DOWNLOAD_TIMEOUT = 6 * 3600.0  # the largest release (5.8 GB) at 270 kB/s
+
+
+def download_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds one download of released weights may take in all (:data:`DEFAULT_DOWNLOAD_TIMEOUT` unless set)."""
+    value = text(DOWNLOAD_TIMEOUT, environ)
+    if value is None:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{DOWNLOAD_TIMEOUT}={value!r} is not a number of seconds (e.g. 3600)") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{DOWNLOAD_TIMEOUT}={value!r}: the download deadline must be a positive number of seconds")
+    return seconds
 
 
 def pretrained_configs(environ: Mapping[str, str] | None = None) -> str:

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 import stunet
 from checkpoint_helpers import write_v1
 from hub_helpers import FakeHub
+from stunet import settings
 from stunet.errors import CheckpointError
 from stunet.weights.checkpoint import load_checkpoint
 from stunet.weights.pretrained import get_pretrained_config, register_pretrained_config, unregister_pretrained_config
@@ -196,8 +198,8 @@ def test_the_recorded_checksum_catches_a_changed_file(hub, release):
 
 # -- transfers -------------------------------------------------------------------------------------------------------
 def big_file(hub) -> bytes:
-    """24 MB in place of the test release: huggingface_hub writes what it received in 10 MB chunks, so a transfer
-    broken after 15 MB resumes from 10 MB. (Only the checksum is checked here, nothing loads it.)"""
+    """24 MB in place of the test release, the connection cut after 15 MB. (Only the checksum is checked here, nothing
+    loads it.)"""
     data = np.random.default_rng(0).bytes(24 << 20)
     hub.add(REPO, "tiny.model", data)
     hub.drop_after = 15 << 20
@@ -208,7 +210,7 @@ def test_a_dropped_connection_is_resumed_where_it_broke(hub):
     data = big_file(hub)
     assert weights_path(get_pretrained_config(TINY)).read_bytes() == data
     ranges = [r for method, path, r in hub.requests if method == "GET" and path.endswith("/tiny.model") and r]
-    assert ranges == [f"bytes={10 << 20}-"]
+    assert ranges == [f"bytes={15 << 20}-"]  # every byte received was kept (written as it came)
 
 
 def test_an_interrupted_download_leaves_no_usable_file(hub, tmp_path):
@@ -224,6 +226,73 @@ def test_an_interrupted_download_leaves_no_usable_file(hub, tmp_path):
         weights_path(get_pretrained_config(TINY), download=False)
     hub.drop_after, hub.refuse_ranges = None, False  # the network is back
     assert weights_path(get_pretrained_config(TINY)).read_bytes() == data
+
+
+# -- downloads that never end ---------------------------------------------------------------------------------------
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if not p.is_dir()) if folder.exists() else []
+
+
+def gets(hub, filename="tiny.model") -> list[str | None]:
+    """The Range header of every GET of ``filename`` (None: from the first byte)."""
+    return [r for method, path, r in hub.requests if method == "GET" and path.endswith("/" + filename)]
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["body-without-length", "get-declares-more"])
+def test_more_bytes_than_declared_are_stopped_there_and_a_retry_starts_clean(hub, release, tmp_path, declared):
+    """The HEAD declares the file's size; the GET streams 256 MB. Stopped right after the declared size (or, where the
+    GET declares more than the HEAD, before reading anything), nothing left in the cache, one line."""
+    hub.overflow, hub.overflow_declared = 256 << 20, declared
+    with pytest.raises(WeightsError) as error:
+        weights_path(get_pretrained_config(TINY))
+    message = str(error.value)
+    assert "\n" not in message and "tiny.model could not be downloaded" in message, message
+    size = len(release[0])
+    if declared:
+        assert f"declares {256 << 20:,} bytes where the Hub declared {size:,}; refused before reading" in message
+    else:
+        assert f"the server sent more than the {size:,} bytes it declared; stopped there" in message
+    assert files_in(tmp_path / "cache") == []
+    sent = hub.wait_sent(1)[0]
+    assert sent < size + (48 << 20), sent  # what the socket buffers held, not the 256 MB: the client went away
+    hub.overflow = None
+    assert weights_path(get_pretrained_config(TINY)).read_bytes() == release[0]
+    assert gets(hub) == [None, None]  # the retry starts from the first byte
+
+
+@pytest.mark.parametrize("mode", ["drip", "stall"])
+def test_a_download_past_the_deadline_is_stopped_and_a_retry_starts_clean(hub, release, tmp_path, monkeypatch, mode):
+    """A server that sends a byte every 50 ms (or nothing after its headers) is given up at STUNET_DOWNLOAD_TIMEOUT
+    (1.5 s here), with one line, and nothing is left in the cache."""
+    monkeypatch.setenv(settings.DOWNLOAD_TIMEOUT, "1.5")
+    hub.drip, hub.stall = (0.05, False) if mode == "drip" else (None, True)
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as error:
+        weights_path(get_pretrained_config(TINY))
+    elapsed = time.monotonic() - start
+    message = str(error.value)
+    assert 1.4 < elapsed < 6, elapsed
+    assert "\n" not in message and "did not finish within 1.5 s" in message and settings.DOWNLOAD_TIMEOUT in message
+    assert "the partial file removed" in message and "nothing was written to the cache" in message
+    assert files_in(tmp_path / "cache") == []
+    assert hub.wait_sent(1)[0] < 60  # the server saw the client go: nothing reads it any more
+    assert files_in(tmp_path / "cache") == []  # and the worker wrote nothing after the deadline
+    hub.drip, hub.stall = None, False
+    assert weights_path(get_pretrained_config(TINY)).read_bytes() == release[0]
+    assert gets(hub) == [None, None]
+
+
+def test_stunet_download_past_the_deadline_is_one_line(hub, release, tmp_path):
+    hub.stall = True
+    env = cli_env(hub, release, tmp_path, **{settings.DOWNLOAD_TIMEOUT: "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+    done = run(["stunet-download", TINY], env, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("stunet: downloading")]
+    assert done.returncode == 1 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert errors[0].startswith("stunet-download: error: ") and "did not finish within 1 s" in errors[0]
+    assert files_in(tmp_path / "cache") == []
+    done = run(["stunet-download", TINY], {**env, settings.DOWNLOAD_TIMEOUT: "soon"}, check=False)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"stunet-download: error: {settings.DOWNLOAD_TIMEOUT}='soon' is not a number of seconds (e.g. 3600)"]
 
 
 def test_a_companion_missing_on_the_hub_is_a_warning(hub, release):

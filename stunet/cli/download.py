@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, one_line
 from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
@@ -20,7 +20,7 @@ EPILOG = """examples:
   stunet-download --list
 
 environment: STUNET_HOME (the cache, default the Hugging Face Hub cache), HF_ENDPOINT (a Hub mirror),
-HF_HUB_OFFLINE=1 (no network: only the cache)"""
+HF_HUB_OFFLINE=1 (no network: only the cache), STUNET_DOWNLOAD_TIMEOUT (seconds one file may take, default 21600)"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
                 print(f"{name}: not cached")
             elif cached.checksum == "mismatch":
                 failed.append(name)
-                print(f"{name}: {cached.path}: SHA-256 {cached.sha256} differs from the "
+                print(f"{name}: {one_line(str(cached.path))}: SHA-256 {cached.sha256} differs from the "
                       f"{'config' if config.sha256 else 'record of its first download'}; refused (stunet-download "
                       f"{name} --force fetches it again)", file=sys.stderr)
             else:
@@ -102,7 +102,7 @@ def main(argv=None) -> None:
             path = weights_path(config, force=args.force, fetch_companion=True, cache=cache)
         except WeightsError as e:
             failed.append(name)
-            print(f"stunet-download: error: {e}", file=sys.stderr)
+            print(f"stunet-download: error: {one_line(str(e))}", file=sys.stderr)
             continue
         found = cached_path(config, cache)
         status = CHECKSUM["known" if config.sha256 else "recorded"]

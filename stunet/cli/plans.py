@@ -31,7 +31,7 @@ def _nnunet(command: list[str]) -> None:
     exe = Path(sys.executable).parent / command[0]
     print("$ " + " ".join(command), flush=True)
     if subprocess.run([str(exe) if exe.exists() else command[0], *command[1:]]).returncode != 0:
-        sys.exit(f"stunet-plans: {command[0]} failed (its output is above)")
+        sys.exit(f"stunet-plans: error: {command[0]} failed (its output is above)")
 
 
 def _dataset_folder(root: Path, dataset: str) -> Path:
@@ -39,14 +39,16 @@ def _dataset_folder(root: Path, dataset: str) -> Path:
     belongs to several datasets, which nnU-Net's commands (-d ID) cannot tell apart."""
     named = re.fullmatch(r"Dataset(\d{3})_[A-Za-z0-9_.-]+", dataset)
     if not (dataset.isdigit() and 0 < int(dataset) < 1000) and (named is None or ".." in dataset):
-        sys.exit(f"stunet-plans: -d {dataset!r}: give a dataset id (1-999) or a folder name such as Dataset004_Liver")
+        sys.exit(f"stunet-plans: error: -d {dataset!r}: give a dataset id (1-999) or a folder name such as "
+                 f"Dataset004_Liver")
     number = int(named[1]) if named else int(dataset)
     same_id = sorted(p for p in root.glob(f"Dataset{number:03d}_*") if p.is_dir()) if root.is_dir() else []
     found = [p for p in same_id if p.name == dataset] if named else same_id
     if not found:
-        sys.exit(f"stunet-plans: no dataset {dataset!r} in nnUNet_raw ({root}); give its id (e.g. 4) or folder name")
+        sys.exit(f"stunet-plans: error: no dataset {dataset!r} in nnUNet_raw ({root}); give its id (e.g. 4) or "
+                 f"folder name")
     if len(same_id) > 1:
-        sys.exit(f"stunet-plans: dataset id {number} belongs to {', '.join(p.name for p in same_id)} in {root}; "
+        sys.exit(f"stunet-plans: error: dataset id {number} belongs to {', '.join(p.name for p in same_id)} in {root}; "
                  f"nnU-Net's commands find datasets by id: give one of them another id")
     return found[0]
 

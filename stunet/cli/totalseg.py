@@ -2,16 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import socket
 import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from stunet.cli.errors import cli_entry
-from stunet.nnunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion, write_dataset_files, write_marker)
+from stunet.cli.errors import cli_entry, one_line, printable
+from stunet.nnunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion,
+                                    write_dataset_files, write_marker)
+
+DIED = ("the process converting it died without a Python error (a library such as ITK aborted or crashed on its "
+        "files); nothing was written for it")
 
 
 def _convert(job):
@@ -19,7 +29,91 @@ def _convert(job):
     try:
         return subject.name, convert_subject(subject, labels, image, label), None
     except Exception as e:  # one broken subject must not stop the others
-        return subject.name, [], f"{subject}: {type(e).__name__}: {e}"
+        return subject.name, [], _error_line(subject, str(e) if isinstance(e, ValueError) else
+                                             f"{type(e).__name__}: {e}")
+
+
+def _error_line(subject: Path, detail: str) -> str:
+    """One line naming the subject: its path escaped wherever it appears (a line break in its name stays ``\\n``), the
+    line breaks of the message itself (ITK's are many) joined."""
+    where = str(subject)
+    detail = detail if detail.startswith(where) else f"{where}: {detail}"
+    return one_line(detail.replace(where, printable(where)))
+
+
+def _pool(jobs: list, workers: int, convert: Callable) -> Iterator:
+    """Run ``convert`` on the jobs (taken from the front of the list) in ``workers`` processes, yielding each result,
+    until the list is done or a worker dies; returns the jobs that were in flight when one died (their futures all
+    break with the pool, whichever of them killed it), [] otherwise. At most ``workers`` jobs are in flight, so a death
+    is narrowed down to them."""
+    running = {}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        while jobs or running:
+            while jobs and len(running) < workers:
+                job = jobs.pop(0)
+                running[pool.submit(convert, job)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            lost = []
+            for future in done:
+                job = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    lost.append(job)
+                else:
+                    yield result
+            if lost:  # the others in flight end with the pool at once: collect them too
+                for future in wait(running)[0]:
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        lost.append(running[future])
+                return lost
+    return []
+
+
+def convert_all(todo: list, processes: int, convert: Callable = _convert) -> Iterator[tuple[str, list, str | None]]:
+    """(subject name, structures without a mask, error or None) for every job, in the order they finish. A worker that
+    dies (ITK aborting the process, a segfault, the out-of-memory killer) fails the subject it was converting, found by
+    running the jobs that were in flight again one at a time in a fresh process; it never hangs the others."""
+    waiting, suspects = list(todo), []
+    while waiting or suspects:
+        jobs, workers = (suspects, 1) if suspects else (waiting, max(1, processes))
+        lost = yield from _pool(jobs, workers, convert)
+        if len(lost) == 1:
+            yield lost[0][0].name, [], _error_line(lost[0][0], DIED)
+        else:
+            suspects.extend(lost)
+
+
+def _remove_dead_workers_files(folder: Path) -> None:
+    """The unfinished files of this conversion's workers (empty folders, or what a worker that died left)."""
+    partial = folder / ".stunet-partial"
+    if partial.is_symlink() or not partial.is_dir():
+        return
+    host = socket.gethostname()
+    for worker_folder in partial.iterdir():
+        with contextlib.suppress(OSError):
+            if not worker_folder.is_dir() or worker_folder.is_symlink():
+                continue
+            if not any(worker_folder.iterdir()):
+                worker_folder.rmdir()
+            elif worker_folder.name.rpartition("-")[0] == host and not _alive(worker_folder.name.rpartition("-")[2]):
+                shutil.rmtree(worker_folder)
+    with contextlib.suppress(OSError):
+        partial.rmdir()
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True  # not a folder this tool names: left alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 @cli_entry("stunet-totalseg")
@@ -40,37 +134,38 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.raw is None:
         parser.error("set nnUNet_raw or pass --raw")
+    if args.num_processes < 1:
+        parser.error(f"--num-processes {args.num_processes}: at least 1")
     labels = label_order(args.labels)
     try:
         folder = check_dataset_target(args.raw, args.dataset_id, args.name, args.source, args.labels, args.overwrite)
         jobs = plan_conversion(args.source, folder)
     except ValueError as e:
-        parser.exit(2, f"stunet-totalseg: error: {e}\n")
+        parser.exit(2, f"stunet-totalseg: error: {one_line(str(e))}\n")
     write_marker(folder, args.source, args.labels)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     todo = [(s, i, l, labels) for s, i, l in jobs if args.overwrite or not (i.is_file() and l.is_file())]
-    print(f"stunet-totalseg: {len(jobs)} subjects in {args.source}, {len(jobs) - len(todo)} already converted; "
-          f"writing {folder} ({args.labels})", file=sys.stderr)
+    print(f"stunet-totalseg: {len(jobs)} subjects in {printable(args.source)}, {len(jobs) - len(todo)} already "
+          f"converted; writing {printable(folder)} ({args.labels})", file=sys.stderr)
     missing, failed = {}, []
-    with get_context("spawn").Pool(max(1, args.num_processes)) as pool:
-        for name, absent, error in tqdm(pool.imap_unordered(_convert, todo), total=len(todo), unit="subject"):
+    try:
+        for name, absent, error in tqdm(convert_all(todo, args.num_processes), total=len(todo), unit="subject"):
             if error:
                 failed.append(error)
-                tqdm.write(f"stunet-totalseg: error: {error}", file=sys.stderr)
+                tqdm.write(f"stunet-totalseg: error: {one_line(error)}", file=sys.stderr)
             elif absent:
                 missing[name] = absent
-                tqdm.write(f"stunet-totalseg: warning: {name}: {len(absent)} structure(s) without a mask became "
-                           f"background ({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})",
+                tqdm.write(f"stunet-totalseg: warning: {printable(name)}: {len(absent)} structure(s) without a mask "
+                           f"became background ({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''})",
                            file=sys.stderr)
-    for worker_folder in (folder / ".stunet-partial").glob("*"):
-        if not any(worker_folder.iterdir()):
-            worker_folder.rmdir()
+    finally:
+        _remove_dead_workers_files(folder)
     write_dataset_files(args.source, folder, labels, args.labels, jobs)
     if missing:
         (folder / "missing_structures.json").write_text(json.dumps(missing, indent=2))
     print(f"stunet-totalseg: {len(todo) - len(failed)} converted, {len(failed)} failed; {len(missing)} subject(s) "
-          f"with missing structures" + (f" (see {folder / 'missing_structures.json'})" if missing else ""),
+          f"with missing structures" + (f" (see {printable(folder / 'missing_structures.json')})" if missing else ""),
           file=sys.stderr)
     if failed:
         sys.exit(1)

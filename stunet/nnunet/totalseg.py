@@ -9,6 +9,11 @@ Labels: the released STU-Nets' 105-class order (``totalseg104``, their pretraine
 v2's 117 classes (``totalseg_v2_117``). A structure without a mask file becomes background, with a warning.
 Overlapping masks: the smaller structure (fewer voxels in that subject) wins; overlaps are boundary disagreements,
 where a small structure loses proportionally more than a large one.
+
+File names: a source path that is not valid UTF-8 (ITK aborts the process on one) is read through symbolic links with
+plain names (:func:`stunet.paths.itk_readable`); a subject whose folder name is not valid UTF-8 or holds a control
+character (a line break) is refused, since that name would name its files in the dataset, and so is an output folder
+(``--raw``) that is not valid UTF-8: nnU-Net reads the dataset with ITK.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from stunet.atomic import atomic_write, partial_folder
+from stunet.paths import is_utf8, itk_readable
 from stunet.weights.pretrained import get_pretrained_config
 
 OVERLAP_RULE = "where masks overlap, the smaller structure (fewer voxels in that subject) wins"
@@ -53,11 +60,30 @@ def read_split(source: Path) -> dict[str, str]:
     return {row["image_id"].strip(): row["split"].strip() for row in rows}
 
 
+def check_subject_name(subject: Path) -> None:
+    """ValueError for a subject folder whose name cannot name the case's files: not valid UTF-8 (ITK, and so nnU-Net,
+    aborts on such a file name) or holding a control character (a line break in a case name breaks every listing)."""
+    if not is_utf8(subject.name):
+        raise ValueError(f"{subject}: the folder's name is not valid UTF-8; it would name the case's files, which ITK "
+                         f"(and so nnU-Net) cannot open; rename the folder")
+    if not subject.name.isprintable():
+        raise ValueError(f"{subject}: the folder's name holds a control character (such as a line break); it would "
+                         f"name the case's files; rename the folder")
+
+
 def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, label_out: Path) -> list[str]:
-    """Write one case; returns the structures that had no mask."""
+    """Write one case; returns the structures that had no mask. Files whose paths ITK cannot open are read through
+    links in a temporary folder."""
+    check_subject_name(subject)
+    with tempfile.TemporaryDirectory(prefix="stunet-totalseg-") as links:
+        return _convert_subject(subject, labels, image_out, label_out, Path(links))
+
+
+def _convert_subject(subject: Path, labels: dict[int, str], image_out: Path, label_out: Path,
+                     links: Path) -> list[str]:
     ct_path = subject / "ct.nii.gz"
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(ct_path))
+    reader.SetFileName(str(itk_readable(ct_path, links)))
     reader.ReadImageInformation()
     size = reader.GetSize()
     masks, missing = [], []
@@ -68,7 +94,7 @@ def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, labe
         if not path.is_file():
             missing.append(name)
             continue
-        mask = sitk.ReadImage(str(path))
+        mask = sitk.ReadImage(str(itk_readable(path, links)))
         if mask.GetSize() != size:
             raise ValueError(f"{path}: size {mask.GetSize()} differs from its ct.nii.gz ({size})")
         array = sitk.GetArrayViewFromImage(mask) > 0
@@ -97,6 +123,9 @@ def check_dataset_target(raw: Path, dataset_id: int, name: str, source: Path, or
                          f"or '..')")
     if not 1 <= dataset_id <= 999:
         raise ValueError(f"--dataset-id {dataset_id}: nnU-Net dataset ids are 1-999")
+    if not is_utf8(os.path.abspath(raw)):
+        raise ValueError(f"--raw {raw}: the path is not valid UTF-8; nnU-Net reads its datasets with ITK, which cannot "
+                         f"open such paths (it aborts); choose another folder")
     folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
     roots = [Path(raw)] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results") if os.environ.get(v)]
     others = sorted(str(p) for root in roots if root.is_dir() for p in root.glob(f"Dataset{dataset_id:03d}_*")
@@ -143,7 +172,8 @@ def plan_conversion(source: Path, folder: Path) -> list[tuple[Path, Path, Path]]
 
 def write_dataset_files(source: Path, folder: Path, labels: dict[int, str], order: str, jobs) -> None:
     split = read_split(source)
-    train = [s.name for s, image, _ in jobs if image.parent.name == "imagesTr"]
+    train = [s.name for s, image, label in jobs if image.parent.name == "imagesTr" and image.is_file()
+             and label.is_file()]  # converted, now or before (a failed subject is not counted)
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {name: index for index, name in labels.items()},
         "numTraining": len(train), "file_ending": ".nii.gz", "name": folder.name,

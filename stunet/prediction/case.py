@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-import glob
-import os
 from pathlib import Path
 import tempfile
 import time
@@ -35,9 +33,10 @@ import numpy as np
 from stunet.clinical.dicom import DicomSeries, extract_zip, read_dicom
 from stunet.clinical.quality import quality
 from stunet.errors import CaseError
+from stunet.paths import itk_readable
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.checks import check_files, check_sitk_images, check_values
-from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file, split_name
+from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file
 from stunet.prediction.export import ConfidenceTally
 from stunet.prediction.headers import nifti_form_note, nifti_nonfinite
 from stunet.prediction.images import array_to_sitk, is_nibabel, nibabel_to_sitk, reader_output
@@ -75,30 +74,8 @@ def _is_dicom_source(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".zip" or (is_dicom_file(path) and not has_image_ending(path))
 
 
-def itk_path(path: Path, workdir: Path) -> Path:
-    """``path``, or a symbolic link to it in ``workdir`` where ITK cannot open the path itself: a name that is not valid
-    UTF-8 (bytes that do not decode make ITK abort the process) or an image ending in upper case (``CT.NII.GZ``, which
-    ITK refuses). A MetaImage header's data file is linked beside it under its own name."""
-    split = split_name(path)
-    ending = split[1] if split else ""
-    try:
-        str(path).encode("utf-8")
-        if not ending or path.name.endswith(ending):
-            return path
-    except UnicodeEncodeError:
-        pass
-    workdir.mkdir(parents=True, exist_ok=True)
-    link = workdir / f"input-{len(list(workdir.glob('input-*')))}{ending}"
-    os.symlink(os.path.abspath(path), link)
-    if ending == ".mhd":
-        for data in path.parent.glob(f"{glob.escape(path.name[:-len(ending)])}.*"):
-            if data != path and not (workdir / data.name).exists():
-                os.symlink(os.path.abspath(data), workdir / data.name)
-    return link
-
-
 def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -> _Read:
-    readable = [itk_path(f, workdir) for f in files]
+    readable = [itk_readable(f, workdir) for f in files]
     check_files(readable, budget, shown=files)
     try:
         image, properties = engine.read_files(readable)
@@ -126,7 +103,7 @@ def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -
 
 def _read_dicom(engine, source: Path, name: str, series_uid: str | None, workdir: Path,
                 budget: VoxelBudget) -> _Read:
-    folder, extracted = itk_path(source, workdir), False
+    folder, extracted = itk_readable(source, workdir), False
     if source.is_file() and source.suffix.lower() == ".zip":
         extracted = True  # extracted for as long as the caller keeps workdir
         try:

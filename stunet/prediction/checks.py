@@ -74,7 +74,7 @@ def check_sitk_images(names: Sequence[str], images: Sequence[sitk.Image], budget
 def check_files(files: Sequence[Path], budget: VoxelBudget | None = None, shown: Sequence[Path] | None = None) -> None:
     """Raise CaseError for unreadable, corrupt, truncated, 2D/4D, vector, complex, empty, badly spaced, over-budget or
     mutually inconsistent channel files, before any is read in full. ``shown``: the names the messages use, where
-    ``files`` are links to them (:func:`stunet.prediction.case.itk_path`)."""
+    ``files`` are links to them (:func:`stunet.paths.itk_readable`)."""
     seen = []
     for path, name in zip(files, shown or files):
         check_data_files(path)

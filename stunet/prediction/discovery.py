@@ -9,8 +9,9 @@ import re
 import tempfile
 
 from stunet.errors import CaseError
+from stunet.paths import IMAGE_ENDINGS, image_ending
 
-ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")  # found in any case (CT.NII.GZ); outputs end in lower case
+ENDINGS = IMAGE_ENDINGS  # found in any case (CT.NII.GZ); outputs end in lower case
 _CHANNEL = re.compile(r"(.+)_(\d{4})", re.DOTALL)  # fullmatch; a newline in a name keeps its suffix
 
 
@@ -24,11 +25,8 @@ class Case:
 
 def split_name(path: Path) -> tuple[str, str] | None:
     """(stem, ending in lower case) of an image file name, whatever the case of its ending; None for other files."""
-    lowered = path.name.lower()
-    for ending in ENDINGS:
-        if lowered.endswith(ending):
-            return path.name[:-len(ending)], ending
-    return None
+    ending = image_ending(path)
+    return (path.name[:-len(ending)], ending) if ending else None
 
 
 def has_image_ending(path: Path) -> bool:

@@ -2,10 +2,14 @@
 
 ``weights_path(config)`` gives the local file of a released model's checkpoint (:class:`~stunet.weights.pretrained.
 PretrainedConfig`). The file is looked up in the cache first, so a cached model never touches the network. Otherwise
-the config's Hub sources are tried in order with ``huggingface_hub.hf_hub_download`` (progress bar, retries that resume
-an interrupted transfer with HTTP ranges, the file written under a temporary name and moved into place only when
-complete, so an interrupted download leaves nothing that loads). The other sources of a config (Google Drive, Baidu
-Netdisk) are for manual download and are named in the messages.
+the config's Hub sources are tried in order: huggingface_hub asks the Hub for the file's commit, ETag and size (a HEAD
+request) and the body is read here (see "the transfer" below), with a progress bar, resumed with an HTTP range where a
+connection breaks, and written under a temporary name that is moved into place only when complete, so an interrupted
+download leaves nothing that loads and nothing at all on disk. A download never goes past the size the Hub declared
+(it stops there) nor past ``STUNET_DOWNLOAD_TIMEOUT`` seconds (:func:`stunet.settings.download_timeout`, 6 hours
+unless set); a server that sends nothing for ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds (10) breaks the connection, which is
+resumed up to 5 times in a row. The other sources of a config (Google Drive, Baidu Netdisk) are for manual download
+and are named in the messages.
 
 Cache: the Hugging Face Hub cache (``HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), or ``$STUNET_HOME`` when
 set (read by :mod:`stunet.settings`), or the ``cache`` folder a caller passes (``stunet-download --cache-dir``); the layout is the Hub's either way (``models--<org>--<repo>/snapshots/<commit>/<file>``), so the folder can be
@@ -25,10 +29,16 @@ import datetime
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
+import threading
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from stunet import settings
 from stunet.errors import CheckpointError
@@ -203,10 +213,272 @@ def cached_path(config, cache: str | Path | None = None) -> tuple[Path, dict] | 
     return None
 
 
-def _hub_download(source: dict, filename: str, cache: Path, force: bool = False) -> Path:
-    from huggingface_hub import hf_hub_download
-    return Path(hf_hub_download(source["hub"], filename, revision=source.get("revision"), cache_dir=str(cache),
-                                endpoint=_endpoint(), force_download=force))
+# -- the transfer ------------------------------------------------------------------------------------------------
+# Why the GET is ours and not huggingface_hub.hf_hub_download's: its file_download.http_get (huggingface_hub 2.4) reads
+# the whole body into its temporary file and only then compares the byte count with the size the HEAD declared, so a
+# server that streams more than it declared (a GET without Content-Length) fills the disk first; it stops only on a
+# single read that waits longer than HF_HUB_DOWNLOAD_TIMEOUT, so a server that sends a byte a second keeps it busy for
+# ever; and it reads in 10 MB pieces, so nothing outside it (its progress bar is called once per 10 MB) could check
+# size or time between two reads. It does remove its process-unique ``blobs/<etag>.<random>.incomplete`` when it raises
+# (not when the process is killed), and never resumes another process's. Patching it would change every other user of
+# huggingface_hub in the process. So huggingface_hub still does what it does well: the URL (hf_hub_url), the headers
+# (build_hf_headers: user agent, the user's token), the HEAD (get_hf_file_metadata: commit, ETag, size, redirects and
+# its errors, such as EntryNotFoundError for a missing companion) and the HTTP client (get_session: proxies and
+# certificates as configured for huggingface_hub); the body is read here, piece by piece as the network delivers it,
+# each piece checked against the declared size and the deadline before it is written, into the Hub's cache layout
+# with its names (``blobs/<etag>``, ``snapshots/<commit>/<file>`` linking to it, ``refs/<revision>``), so
+# try_to_load_from_cache and a copied cache work as before. The transfer runs in a worker thread that the caller waits for until the deadline
+# only: a server that drips even its headers cannot hold the caller, and the partial file is removed the moment the
+# caller gives up (the worker writes nothing after that; it ends at its next read).
+RETRIES = 5  # broken connections in a row (without a byte between them) before the transfer fails
+ETAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # becomes a file name under blobs/
+COMMIT = re.compile(r"[0-9a-f]{40}")
+CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class TransferError(WeightsError):
+    """A download that was stopped (more bytes than declared, past the deadline, a broken or refused transfer); its
+    partial file is removed."""
+
+
+class _Cancelled(Exception):
+    """The caller stopped waiting (deadline or interruption): the worker ends without writing anything more."""
+
+
+class _Transfer:
+    """One file's download from one Hub source: :meth:`work` runs in a worker thread, :func:`_hub_download` watches."""
+
+    def __init__(self, source: dict, filename: str, cache: Path, force: bool, seconds: float):
+        self.source, self.filename, self.cache, self.force, self.seconds = source, filename, cache, force, seconds
+        self.deadline = time.monotonic() + seconds
+        self.lock = threading.Lock()  # held to write a piece or move the file into place, and to give up
+        self.cancelled = threading.Event()
+        self.partial: Path | None = None
+        self.received, self.size = 0, None
+        self.result: Path | None = None
+        self.error: BaseException | None = None
+
+    # -- the caller's side
+    def late(self) -> TransferError:
+        got = f"after {self.received:,} of {self.size:,} bytes" if self.size is not None else "before the file began"
+        return TransferError(f"{self.filename}: the download did not finish within {self.seconds:g} s (the deadline "
+                             f"{settings.DOWNLOAD_TIMEOUT}); stopped {got}, the partial file removed (raise "
+                             f"{settings.DOWNLOAD_TIMEOUT} for a slow connection)")
+
+    def give_up(self) -> None:
+        with self.lock:
+            self.cancelled.set()
+            self._discard()
+
+    # -- the worker's side
+    def work(self) -> None:
+        try:
+            self._fetch()
+        except BaseException as e:  # handed to the caller
+            self.error = e
+        finally:
+            with self.lock:
+                self._discard()
+
+    def _discard(self) -> None:
+        if self.partial is not None:
+            self.partial.unlink(missing_ok=True)
+            self.partial = None
+
+    def _check(self) -> None:
+        if self.cancelled.is_set():
+            raise _Cancelled()
+        if time.monotonic() > self.deadline:
+            raise self.late()
+
+    def _timeout(self, limit: float) -> float:
+        """A network wait of at most ``limit`` seconds that ends by the deadline."""
+        self._check()
+        return max(0.01, min(float(limit), self.deadline - time.monotonic()))
+
+    def _fetch(self) -> Path:
+        from huggingface_hub import constants, hf_hub_url
+
+        parts = self.filename.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise TransferError(f"{self.filename!r}: not a file name inside a Hub repository")
+        revision = self.source.get("revision") or constants.DEFAULT_REVISION
+        endpoint = _endpoint()
+        url = hf_hub_url(self.source["hub"], self.filename, revision=revision, endpoint=endpoint)
+        meta = self._head(url, endpoint)
+        if not isinstance(meta.commit_hash, str) or not COMMIT.fullmatch(meta.commit_hash):
+            raise TransferError(f"{url}: the server named no commit (X-Repo-Commit {meta.commit_hash!r})")
+        if not isinstance(meta.etag, str) or not ETAG.fullmatch(meta.etag):
+            raise TransferError(f"{url}: the server gave an ETag that cannot name a file ({meta.etag!r})")
+        if meta.size is None or meta.size < 0:
+            raise TransferError(f"{url}: the server declared no size; refused (a download without one has no end)")
+        self.size = meta.size
+        storage = repo_folder(self.source, self.cache)
+        blob = storage / "blobs" / meta.etag
+        pointer = storage / "snapshots" / meta.commit_hash / Path(*parts)
+        new = self.force or not blob.is_file()
+        if new:
+            self._get(url, meta.location, blob)
+        with self.lock:
+            if self.cancelled.is_set():
+                raise _Cancelled()
+            if new or self.force or not pointer.exists():
+                _link(blob, pointer, new)
+            if revision != meta.commit_hash:
+                _write_ref(storage / "refs" / revision, meta.commit_hash)
+            self.result = pointer
+        return pointer
+
+    def _head(self, url: str, endpoint: str | None):
+        """The file's metadata (huggingface_hub's HEAD, without its own retries, whose every attempt logs lines):
+        tried up to 3 times where the Hub is busy (HTTP 429, 5xx) or slow, once where the answer is final (no such
+        file or repository, no network)."""
+        import httpx2
+        from huggingface_hub import constants, get_hf_file_metadata
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for attempt in range(3):
+            try:
+                meta = get_hf_file_metadata(url, timeout=self._timeout(constants.HF_HUB_ETAG_TIMEOUT),
+                                            endpoint=endpoint, retry_on_errors=False)
+                self._check()
+                return meta
+            except (httpx2.TimeoutException, HfHubHTTPError) as e:
+                status = getattr(getattr(e, "response", None), "status_code", None)
+                if attempt == 2 or not (isinstance(e, httpx2.TimeoutException) or status in (429, 500, 502, 503,
+                                                                                             504)):
+                    raise
+            time.sleep(min(2.0 ** attempt, max(0.0, self.deadline - time.monotonic())))
+
+    def _get(self, url: str, location: str, blob: Path) -> None:
+        import httpx2
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers, get_session
+        from huggingface_hub.utils import tqdm as hub_tqdm
+
+        headers = build_hf_headers()
+        if urlsplit(location).netloc != urlsplit(url).netloc:  # a CDN's signed address: the token stays on the Hub
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Accept-Encoding"] = "identity"  # the bytes of the file, counted as they come
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            self._check()
+            self.partial = blob.with_name(f"{blob.name}.{uuid.uuid4().hex[:8]}.incomplete")
+            out = open(self.partial, "wb")
+        failures = 0
+        with out, hub_tqdm(total=self.size, unit="B", unit_scale=True, unit_divisor=1024, desc=self.filename) as bar:
+            while True:
+                asked = {**headers, **({"Range": f"bytes={self.received}-"} if self.received else {})}
+                try:
+                    timeout = httpx2.Timeout(self._timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT))
+                    with get_session().stream("GET", location, headers=asked, follow_redirects=True,
+                                              timeout=timeout) as response:
+                        self._accept(response, location, out, bar)
+                        for piece in response.iter_raw():
+                            if piece:
+                                self._write(piece, location, out)
+                                bar.update(len(piece))
+                                failures = 0
+                    if self.received == self.size:
+                        break
+                    problem = f"the body ended after {self.received:,} of {self.size:,} bytes"
+                except httpx2.TransportError as e:  # broken, refused or silent connection: resumed where it broke
+                    problem = _first_line(e)
+                failures += 1
+                if failures > RETRIES:
+                    raise TransferError(f"{location}: the transfer broke {failures} times in a row without progress "
+                                        f"({problem}); the partial file removed")
+                time.sleep(min(1.0, max(0.0, self.deadline - time.monotonic())))
+                self._check()
+        with self.lock:
+            if self.cancelled.is_set():
+                raise _Cancelled()
+            os.replace(self.partial, blob)
+            self.partial = None
+
+    def _accept(self, response, location: str, out, bar) -> None:
+        """Refuse an answer that is not the (rest of the) file as declared, before reading its body."""
+        status = response.status_code
+        if status not in (200, 206):  # the body (an error page) is not read
+            raise TransferError(f"{location}: HTTP {status} {response.reason_phrase}".rstrip())
+        if status == 200 and self.received:  # the range was ignored: the whole file again, from its first byte
+            out.seek(0)
+            out.truncate()
+            self.received = 0
+            bar.reset(total=self.size)
+        if status == 206:
+            match = CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            if not match or int(match[1]) != self.received or match[3] not in ("*", str(self.size)):
+                raise TransferError(f"{location}: answered the range bytes={self.received}- with "
+                                    f"{response.headers.get('Content-Range')!r} (the file has {self.size:,} bytes)")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise TransferError(f"{location}: sent the file {encoding}-encoded where its bytes were asked for")
+        length = response.headers.get("Content-Length")
+        if length is not None:
+            if not length.strip().isdigit():
+                raise TransferError(f"{location}: Content-Length {length!r} is not a number of bytes")
+            if self.received + int(length) > self.size:
+                raise TransferError(f"{location}: declares {self.received + int(length):,} bytes where the Hub "
+                                    f"declared {self.size:,}; refused before reading them")
+
+    def _write(self, piece: bytes, location: str, out) -> None:
+        if self.received + len(piece) > self.size:
+            raise TransferError(f"{location}: the server sent more than the {self.size:,} bytes it declared; stopped "
+                                f"there, the partial file removed")
+        with self.lock:
+            self._check()
+            out.write(piece)
+        self.received += len(piece)
+
+
+def _link(blob: Path, pointer: Path, new: bool) -> None:
+    """``pointer`` (snapshots/<commit>/<file>) as a relative symbolic link to ``blob``, replaced in one step; where the
+    file system has no links, the file itself (moved when new, else copied), as huggingface_hub does."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    temporary = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex[:8]}.link")
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), temporary)
+    except OSError:
+        if new:
+            os.replace(blob, pointer)
+        else:
+            shutil.copyfile(blob, temporary)
+            os.replace(temporary, pointer)
+        return
+    os.replace(temporary, pointer)
+
+
+def _write_ref(ref: Path, commit: str) -> None:
+    """refs/<revision> names the commit a branch or tag was at (how try_to_load_from_cache finds the snapshot)."""
+    try:
+        if ref.read_text() == commit:
+            return
+    except OSError:
+        pass
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    temporary = ref.with_name(f".{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(commit)
+    os.replace(temporary, ref)
+
+
+def _hub_download(source: dict, filename: str, cache: Path, force: bool = False,
+                  seconds: float | None = None) -> Path:
+    """``filename`` of a Hub source into the cache (its snapshot path); at most ``seconds`` (``STUNET_DOWNLOAD_TIMEOUT``
+    unless given) from the first request to the last byte. Raises :class:`TransferError` (one line) when stopped."""
+    transfer = _Transfer(source, filename, cache, force, settings.download_timeout() if seconds is None else seconds)
+    worker = threading.Thread(target=transfer.work, name=f"stunet-download {filename}", daemon=True)
+    worker.start()
+    try:
+        worker.join(transfer.seconds)
+    finally:  # the deadline, or an interruption (Ctrl-C): nothing more is written, the partial file goes now
+        if worker.is_alive() and transfer.result is None:
+            transfer.give_up()
+    if transfer.result is not None:
+        return transfer.result
+    if worker.is_alive() or isinstance(transfer.error, _Cancelled):
+        raise transfer.late()
+    raise transfer.error
 
 
 def _download(config, force: bool = False, cache: str | Path | None = None) -> tuple[Path, dict]:
@@ -215,12 +487,20 @@ def _download(config, force: bool = False, cache: str | Path | None = None) -> t
         raise WeightsError(f"{config.name}: {config.checkpoint_file} has no source that can be downloaded "
                            f"automatically; {_where_else(config)}")
     cache = cache_dir(cache)
+    seconds = settings.download_timeout()
+    try:  # before any request: a cache that cannot be written fails here, not after the transfer
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        raise WeightsError(f"{config.name}: the cache folder {cache} cannot be written ({_first_line(e)}); choose "
+                           f"another (stunet-download --cache-dir, or {settings.HOME})") from e
     problems = []
     for source in sources:
         print(f"stunet: downloading {config.name} ({source['file']}) from {describe_source(source)} into {cache}",
               file=sys.stderr)
         try:
-            return _hub_download(source, source["file"], cache, force), source
+            return _hub_download(source, source["file"], cache, force, seconds), source
         except KeyboardInterrupt:
             raise
         except Exception as e:  # huggingface_hub raises HTTP, connection, OS and value errors
