@@ -1,19 +1,34 @@
-"""Scalable residual U-Nets (STU-Net, 14M to 1.4B parameters) for nnU-Net v2."""
-from stunet.models.config import STUNetConfig
-from stunet.models.network import STUNet
-from stunet.weights.factory import create_model
-from stunet.models.registry import list_models, register_model
-from stunet.models import presets  # noqa: F401  (registers the presets)
+"""Scalable residual U-Nets (STU-Net, 14M to 1.4B parameters) for nnU-Net v2.
 
+The documented names are imported on first use (PEP 562), so ``import stunet`` and the commands that need no network
+(``stunet-evaluate``, ``stunet-report``) do not load PyTorch:
+
+- the network family: ``STUNet``, ``STUNetConfig``, ``list_models``, ``register_model`` (:mod:`stunet.models`, the
+  presets registered with them), ``create_model`` (:mod:`stunet.weights.factory`);
+- prediction: ``Segmenter`` (:mod:`stunet.prediction.segmenter`);
+- evaluation: ``evaluate`` (:mod:`stunet.evaluation.evaluate`).
+"""
 from stunet.version import __version__
-__all__ = ["STUNet", "STUNetConfig", "Segmenter", "create_model", "list_models", "register_model", "__version__"]
+
+_LAZY = {"STUNet": "stunet.models.network", "STUNetConfig": "stunet.models.config",
+         "list_models": "stunet.models.registry", "register_model": "stunet.models.registry",
+         "create_model": "stunet.weights.factory", "Segmenter": "stunet.prediction.segmenter",
+         "evaluate": "stunet.evaluation.evaluate"}
+__all__ = [*_LAZY, "__version__"]
 
 
-def __getattr__(name):  # stunet.Segmenter without importing nnU-Net's inference on every ``import stunet``
-    if name == "Segmenter":
-        from stunet.prediction.segmenter import Segmenter
-        return Segmenter
-    raise AttributeError(f"module 'stunet' has no attribute {name!r}")
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'stunet' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 
 # ---- Source-tree layout (issue 12) -----------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def test_refusals(tmp_path):
     write_series(tmp_path / "mixed", volume, file_order=range(5, 10))  # a second series in the same folder
     with pytest.raises(DicomError, match="2 DICOM series mixed"):
         read_dicom(tmp_path / "mixed")
+    one = read_dicom(tmp_path / "mixed" / "im0007.dcm")  # a single file: its own series of the folder's two
+    assert [f.name for f in one.files] == [f"im{k:04d}.dcm" for k in range(5, 10)]
     write_series(tmp_path / "tilt", volume, slice_step=(0, 0.8, 2.5))
     with pytest.raises(DicomError, match="gantry tilt"):
         read_dicom(tmp_path / "tilt")

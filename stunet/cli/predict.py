@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="input folder, one image file, a DICOM series folder, a folder of series folders or a .zip")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (or file, for one input file)")
     model = p.add_argument_group("model (one of)")
-    model.add_argument("-m", "--model-folder", type=Path, help="nnU-Net v2 trained model folder (plans.json, fold_*)")
+    model.add_argument("-m", "--model-folder", type=Path, help="nnU-Net v2 trained model folder (plans.json, fold_*), "
+                                                                "or an ONNX file of stunet-export with its sidecar "
+                                                                "(OUT.onnx + OUT.json; its logits are blended)")
     model.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: all with a checkpoint)")
     model.add_argument("--checkpoint-name", default="checkpoint_final.pth")
     model.add_argument("--pretrained", choices=list_pretrained(),
@@ -68,7 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("prediction")
     run.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
     run.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
-                     help="network precision; auto = fp16 mixed precision on CUDA, fp32 on the CPU")
+                     help="network precision; auto = fp16 mixed precision on CUDA, fp32 on the CPU (and with "
+                          "--backend onnxruntime/openvino; docs/deployment.md)")
+    run.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
+                     help="what runs the network: torch (default), or the network exported to ONNX (once, cached "
+                          "beside the weights) and run on the CPU by ONNX Runtime or OpenVINO (pip install "
+                          "\"stunet[deploy]\"); an ONNX file given with -m runs on onnxruntime unless openvino is "
+                          "asked for")
     run.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
     run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
@@ -110,6 +118,12 @@ def _load_model(args, parser):
         parser.error("--checkpoint FILE goes with --pretrained NAME (the released model it is)")
     if args.pretrained:  # the user's file wins; without one, the cache (downloading on first use)
         return load_pretrained(args.pretrained, args.checkpoint, trust=args.trust_checkpoint)
+    if args.model_folder.suffix == ".onnx":  # stunet-export's graph: the logits graph (no features graph in it)
+        from stunet.deploy.sidecar import read_exported
+        from stunet.prediction.model import Model
+        if args.folds:
+            parser.error("-f goes with a model folder; an ONNX file holds one network")
+        return Model(**read_exported(args.model_folder))
     return load_model_folder(args.model_folder, args.folds, args.checkpoint_name, trust=args.trust_checkpoint)
 
 
@@ -250,9 +264,12 @@ def main(argv=None) -> None:
         check_output_folder(out_dir)
     except CaseError as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
+    if args.backend is None:  # an exported ONNX file needs an engine: the reference one unless told otherwise
+        onnx_file = args.model_folder is not None and args.model_folder.suffix == ".onnx"
+        args.backend = "onnxruntime" if onnx_file else "torch"
     device = args.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu"
     device = local_device(device)  # one GPU per local rank under torchrun or srun
     if torch.device(device).type == "cpu":
         reuse_freed_memory()
@@ -261,9 +278,10 @@ def main(argv=None) -> None:
         model = _load_model(args, parser)
         segmenter = Segmenter(model=model, device=device, step_size=args.step_size, mirroring=not args.disable_tta,
                               precision=args.precision, labels=args.labels, label_map=args.label_map,
+                              backend=args.backend,
                               max_voxels=args.max_voxels)
         names = segmenter.label_names
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
 
     cases = dicom_cases or find_cases(args.input, model.num_input_channels)
@@ -323,7 +341,7 @@ def main(argv=None) -> None:
                 try:
                     result = segmenter.predict(case, probabilities=args.save_probabilities,
                                                keep_image=args.statistics or args.preview, qc=args.qc,
-                                               series_uid=args.series_uid,
+                                               series_uid=args.series_uid, for_seg=seg_out,
                                                workdir=Path(workdir), progress=tiles.update,
                                                on_start=lambda n: tiles.reset(n), warn=False)
                 finally:

@@ -6,3 +6,4 @@ prediction memory).
 May import: torch and the base modules (``stunet.errors``, ``stunet.settings``, ...). Nothing about weights, files
 or nnU-Net.
 """
+from stunet.models import presets  # noqa: E402,F401  (registers the presets wherever a model is listed or built)

@@ -1,0 +1,65 @@
+"""``stunet-evaluate``: compare predicted label images with reference ones, case by case and label by label.
+
+Writes OUT/metrics.csv (one row per case and label), OUT/summary.json (per label and over labels: mean, median, std,
+count of each metric; the empty cases) and OUT/report.html (one self-contained page). See docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from stunet.cli.errors import cli_entry
+from stunet.evaluation.evaluate import default_processes, evaluate, print_progress
+from stunet.evaluation.metrics import DEFAULT_METRICS, DEFAULT_NSD_TOLERANCE_MM, METRICS, STEMS, SUITES
+
+EPILOG = f"""metrics (columns of metrics.csv): {', '.join(METRICS)}; or the stems {', '.join(STEMS)}.
+suites: """ + "; ".join(f"{name} = {', '.join(m)} ({what})" for name, (m, _, what) in SUITES.items()) + """.
+
+examples:
+  stunet-evaluate -ref $nnUNet_raw/Dataset004_Liver/labelsTr -pred segs/ -o eval/
+  stunet-evaluate -ref $nnUNet_raw/Dataset022_FLARE22 -pred $nnUNet_results/Dataset022_FLARE22/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -o eval/ --suite flare
+  stunet-evaluate -ref labelsTs/ -pred segs/ -o eval/ --metrics dice hd95 volume --nsd-tolerance 1 --nsd-tolerance liver=2"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stunet-evaluate", description=__doc__.split(": ", 1)[1].split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-ref", "--reference", type=Path, required=True,
+                   help="reference label images: a folder (labelsTr), or a dataset folder holding labelsTr")
+    p.add_argument("-pred", "--prediction", type=Path, required=True,
+                   help="predicted label images: a folder (stunet-predict output, fold_N/validation), or a trainer "
+                        "folder holding fold_*/validation (all folds' validation cases)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC",
+                   help=f"metrics to compute (default: {' '.join(DEFAULT_METRICS)}; with --suite, added to its own)")
+    p.add_argument("--suite", choices=sorted(SUITES), help="a challenge's metrics: " + "; ".join(
+        f"{name}: {', '.join(m)}" for name, (m, _, _) in SUITES.items()))
+    p.add_argument("--nsd-tolerance", action="append", metavar="MM|NAME=MM",
+                   help=f"NSD tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g}, FLARE's); repeat with "
+                        f"NAME=MM for a label's own, e.g. --nsd-tolerance 1 --nsd-tolerance liver=2")
+    p.add_argument("--labels", type=Path, metavar="JSON",
+                   help="label names and values: nnU-Net's dataset.json or a labels.json (default: the predictions' "
+                        "labels.json, a dataset.json beside the folders, else every label found, as label_N)")
+    p.add_argument("-np", "--num-processes", type=int, default=default_processes(),
+                   help=f"processes comparing labels in parallel (default {default_processes()})")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+@cli_entry("stunet-evaluate")
+def main(argv=None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.num_processes < 1:
+        parser.error("-np must be 1 or more")
+    rows = evaluate(args.reference, args.prediction, args.output, metrics=args.metrics,
+                    nsd_tolerance=args.nsd_tolerance, suite=args.suite, labels=args.labels,
+                    num_processes=args.num_processes, report=not args.no_report,
+                    progress=None if args.quiet else print_progress)
+    cases = len({r["case"] for r in rows})
+    dice = [r["dice"] for r in rows if "dice" in r and not math.isnan(r["dice"])]
+    extra = f", mean Dice {sum(dice) / len(dice):.4f}" if dice else ""
+    written = "metrics.csv, summary.json" + ("" if args.no_report else ", report.html")
+    print(f"stunet-evaluate: {cases} case(s), {len(rows)} rows{extra}; {written} in {args.output}")

@@ -1,0 +1,210 @@
+"""``stunet.evaluate``: reference and predicted label images of a cohort, paired by case name, compared label by label.
+
+One pass per image finds every label's bounding box (``scipy.ndimage.find_objects``); each label is then cut to its
+own box in the reference and in the prediction, and only those crops are compared (:func:`.metrics.compare`). That is
+exact: a mask is empty outside its box, its surface lies within the box's corners, and the surface distances are
+found between surface points (a k-d tree), so no margin is needed and no distance is cut off. The labels' crops are
+compared in a process pool (``num_processes``, default ``min(2, cpu count)``) with a bounded number of crops in
+flight, so memory stays near the two label images of one case and a few crops.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from stunet.atomic import atomic_write
+from stunet.evaluation.metrics import Crop, Tolerances, compare, parse_metrics, parse_tolerances, suite_name, SUITES
+from stunet.evaluation.pairing import (LabelSet, default_name, find_label_set, pair_cases, parse_labels,
+                                       read_label_file, read_pair)
+from stunet.evaluation.summary import csv_columns, summarize, write_csv_text
+
+FIXED = ("case", "label", "name")
+
+
+def default_processes() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _boxes(array: np.ndarray) -> list:
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    return ndimage.find_objects(array)
+
+
+def _union(boxes: list, values: Sequence[int]) -> tuple[slice, ...] | None:
+    found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
+    if not found:
+        return None
+    return tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(len(found[0])))
+
+
+def _crop(array: np.ndarray, boxes: list, values: Sequence[int], exclude: np.ndarray | None = None) -> Crop:
+    box = _union(boxes, values)
+    if box is None:
+        return Crop(None, (0,) * array.ndim)
+    part = array[box]
+    mask = part == values[0] if len(values) == 1 else np.isin(part, values)
+    if exclude is not None:
+        mask &= ~exclude[box]
+        if not mask.any():
+            return Crop(None, (0,) * array.ndim)
+    return Crop(mask, tuple(s.start for s in box))
+
+
+def _job(case: str, name: str, ref: Crop, pred: Crop, spacing, metrics, tolerance) -> tuple[str, str, dict, int, int]:
+    return case, name, compare(ref, pred, spacing, metrics, tolerance), ref.voxels(), pred.voxels()
+
+
+def _size(crop: Crop) -> int:
+    return 0 if crop.mask is None else crop.mask.size
+
+
+class _Runner:
+    """Runs jobs inline (one process) or in a pool, at most ``2 × processes`` crops in flight."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self.pool = None
+        if processes > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
+
+    def run(self, jobs: Iterable[tuple]) -> Iterator[tuple]:
+        if self.pool is None:
+            for job in jobs:
+                yield _job(*job)
+            return
+        pending = set()
+        for job in jobs:
+            pending.add(self.pool.submit(_job, *job))
+            if len(pending) >= 2 * self.processes:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        for future in pending:
+            yield future.result()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _case_jobs(case: str, ref: np.ndarray, pred: np.ndarray, spacing, labels: LabelSet, metrics: Sequence[str],
+               tolerances: Tolerances) -> Iterator[tuple]:
+    ref_boxes, pred_boxes = _boxes(ref), _boxes(pred)
+    exclude = ref == labels.ignore if labels.ignore is not None else None
+    # largest first, so the pool's last jobs are short ones
+    order = sorted(labels.labels.items(), key=lambda item: -_box_size(ref_boxes, pred_boxes, item[1]))
+    for name, values in order:
+        yield (case, name, _crop(ref, ref_boxes, values), _crop(pred, pred_boxes, values, exclude), spacing, metrics,
+               tolerances.of(name))
+
+
+def _box_size(ref_boxes, pred_boxes, values) -> int:
+    total = 0
+    for boxes in (ref_boxes, pred_boxes):
+        box = _union(boxes, values)
+        total += 0 if box is None else math.prod(s.stop - s.start for s in box)
+    return total
+
+
+def _present_labels(ref: np.ndarray, pred: np.ndarray) -> LabelSet:
+    values = {i + 1 for boxes in (_boxes(ref), _boxes(pred)) for i, box in enumerate(boxes) if box is not None}
+    return LabelSet({default_name(v): (v,) for v in sorted(values)}, None, "the label images")
+
+
+def _resolve_labels(labels, reference: Path, prediction: Path) -> LabelSet | None:
+    if labels is None:
+        return find_label_set(reference, prediction)
+    if isinstance(labels, LabelSet):
+        return labels
+    if isinstance(labels, dict):
+        if all(isinstance(v, (int, list, tuple)) for v in labels.values()) and "labels" not in labels:
+            return parse_labels({"labels": labels}, "labels given")  # name -> value(s)
+        return parse_labels(labels, "labels given")
+    return read_label_file(labels)
+
+
+def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None = None, nsd_tolerance=None,
+             suite: str | None = None, labels=None, num_processes: int | None = None, report: bool = True,
+             progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Compare the label images of ``prediction`` with those of ``reference`` (folders; cases paired by name) and
+    return the table: one dict per case and label with ``case``, ``label`` (its value, or the values of a region
+    joined by commas), ``name`` and one float per metric (NaN where a distance is empty).
+
+    ``metrics``: names or stems (see :data:`stunet.evaluation.metrics.METRICS`; default ``dice nsd hd95 assd
+    volume``); ``suite``: ``flare``, ``kipa`` or ``autopet`` (its metrics, joined by ``metrics``); ``nsd_tolerance``:
+    mm, a number or ``[1, "liver=2"]`` or ``{"default": 1, "liver": 2}`` (default 1 mm, FLARE's); ``labels``: a
+    dataset.json or labels.json path, its contents, or ``{"liver": 1, ...}`` (default: the predictions' labels.json,
+    a dataset.json beside the folders, else every label found, named ``label_N``). With ``output``, writes
+    ``metrics.csv``, ``summary.json`` and (``report``) ``report.html`` there.
+    """
+    reference, prediction = Path(reference), Path(prediction)
+    metric_names = parse_metrics(metrics, suite)
+    suite_tolerance = SUITES[suite_name(suite)][1] if suite else None
+    tolerances = parse_tolerances(nsd_tolerance, suite_tolerance)
+    label_set = _resolve_labels(labels, reference, prediction)
+    pairs = pair_cases(reference, prediction)
+    say = progress or (lambda message: None)
+    processes = default_processes() if num_processes is None else max(1, int(num_processes))
+    if pairs.missing:
+        say(f"{len(pairs.missing)} reference case(s) without a prediction, left out: {', '.join(pairs.missing[:5])}"
+            + (" ..." if len(pairs.missing) > 5 else ""))
+    rows: list[dict] = []
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    names_seen: dict[str, tuple[int, ...]] = {}
+    runner = _Runner(processes)
+    try:
+        for number, (case, ref_path, pred_path) in enumerate(pairs.cases, start=1):
+            ref, pred = read_pair(case, ref_path, pred_path, label_set)
+            case_labels = label_set or _present_labels(ref.array, pred.array)
+            names_seen.update(case_labels.labels)
+            for name_case, name, values, ref_voxels, pred_voxels in runner.run(_case_jobs(
+                    case, ref.array, pred.array, ref.spacing, case_labels, metric_names, tolerances)):
+                rows.append({"case": name_case, "label": ",".join(map(str, case_labels.labels[name])), "name": name,
+                             **values})
+                counts[(name_case, name)] = (ref_voxels, pred_voxels)
+            say(f"case {number}/{len(pairs.cases)}: {case} ({len(case_labels.labels)} labels)")
+            del ref, pred
+    finally:
+        runner.close()
+    if label_set is None:  # labels found in the images: a label absent from a case is empty in both there
+        label_set = LabelSet(dict(sorted(names_seen.items(), key=lambda kv: kv[1])), None, "the label images")
+        empty = compare(Crop(None), Crop(None), (1.0,) * 3, metric_names)
+        for case, _, _ in pairs.cases:
+            for name, values in label_set.labels.items():
+                if (case, name) not in counts:
+                    rows.append({"case": case, "label": ",".join(map(str, values)), "name": name, **empty})
+                    counts[(case, name)] = (0, 0)
+    order = {name: i for i, name in enumerate(label_set.labels)}
+    rows.sort(key=lambda r: (r["case"], order.get(r["name"], len(order))))
+    rows = [{k: row.get(k, float("nan")) for k in (*FIXED, *metric_names)} for row in rows]
+    if output is not None:
+        summary = summarize(rows, metric_names, label_set, counts, tolerances, pairs, suite)
+        write_outputs(Path(output), rows, metric_names, summary, prediction, report)
+    return rows
+
+
+def write_outputs(out: Path, rows: list[dict], metric_names: Sequence[str], summary: dict, prediction: Path,
+                  report: bool) -> None:
+    import json
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_csv_text(rows, csv_columns(metric_names))
+    atomic_write(out / "metrics.csv", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2, allow_nan=False)))
+    if report:
+        from stunet.evaluation.report import evaluation_report, read_quality
+        page = evaluation_report(rows, metric_names, summary, read_quality(prediction))
+        atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def print_progress(message: str) -> None:
+    print(f"stunet-evaluate: {message}", file=sys.stderr, flush=True)
