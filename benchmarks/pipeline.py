@@ -110,10 +110,14 @@ def qc_cost(predict: list[str], env: dict, work: Path, args) -> None:
         "| pair | wall without (s) | wall with (s) | export without | export with | qc phase | cost (wall) | qc phase "
         "/ wall | peak PSS without / with (GiB) |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
         f"Median cost over the pairs: **{float(np.median(costs)):+.1%}** of the wall time."]
+    write_results(lines, args.results)
+
+
+def write_results(lines: list[str], path: Path) -> None:
     table = "\n".join(lines)
     print("\n" + table)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(table + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table + "\n")
 
 
 def main() -> None:
@@ -178,10 +182,7 @@ def main() -> None:
                   f"nnUNetv2_predict {outputs['nnUNetv2_predict'][0]:.0f} s, peak PSS "
                   f"{outputs['nnUNetv2_predict'][1] / 2 ** 30:.2f} GiB; stunet-predict "
                   f"{outputs['stunet-predict'][0]:.0f} s, {outputs['stunet-predict'][1] / 2 ** 30:.2f} GiB."]
-    table = "\n".join(lines)
-    print("\n" + table)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(table + "\n")
+    write_results(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,12 @@ def _bad_files(folder):
 BAD = ["all_nan", "all_inf", "4d", "rgb", "zero_spacing", "over_budget"]
 
 
+def _api(seg, options: list[str]):
+    """A Segmenter on the same loaded model with the voxel budget the command's options set."""
+    return stunet.Segmenter(model=seg.model, device="cpu", mirroring=False,
+                            max_voxels=float(options[1]) if options else None)
+
+
 @pytest.fixture(scope="module")
 def bad(setup):
     return _bad_files(setup[1] / "bad")
@@ -73,8 +79,7 @@ def bad(setup):
 def test_a_bad_image_gets_the_same_error_through_the_command_and_the_api(setup, bad, name):
     seg, root, model = setup
     path, words, options = bad[name]
-    api = stunet.Segmenter(model=seg.model, device="cpu", mirroring=False,
-                           max_voxels=float(options[1]) if options else None)
+    api = _api(seg, options)
     with pytest.raises(CaseError) as raised:
         api(path)
     message = str(raised.value)
@@ -93,8 +98,7 @@ def test_the_same_image_in_memory_gets_the_same_check(setup, bad, name):
     """A nibabel image of the file: the same error class, and the message says the same after naming the input."""
     seg, _, _ = setup
     path, words, options = bad[name]
-    api = stunet.Segmenter(model=seg.model, device="cpu", mirroring=False,
-                           max_voxels=float(options[1]) if options else None)
+    api = _api(seg, options)
     with pytest.raises(CaseError) as from_file:
         api(path)
     with pytest.raises(CaseError) as from_memory:
