@@ -53,8 +53,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["stunet", "stunet.models", "stunet.weights", "stunet.clinical", "stunet.nnunet", "stunet.prediction",
-              "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins", "stunet.pretrained_configs"],
+    packages=["stunet", "stunet.models", "stunet.weights", "stunet.clinical", "stunet.evaluation", "stunet.nnunet",
+              "stunet.deploy", "stunet.prediction", "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins",
+              "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
     package_data={"stunet.nnunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},
     # Every third-party package that stunet imports, and nothing else (tests/test_dependencies.py checks both ways):
@@ -66,16 +67,24 @@ setup(
         "acvl-utils>=0.2.6",  # prediction: pad_nd_image, as nnU-Net pads
         "batchgenerators>=0.25",  # stunet-train
         "batchgeneratorsv2>=0.3.2",  # the trainers' augmentation
-        "huggingface_hub>=0.25",  # released weights on demand (--pretrained NAME, stunet-download)
+        "huggingface_hub>=2.4,<3",  # released weights on demand; its HTTP client and metadata calls (stunet.weights.hub)
+        "httpx2",  # the download loop in stunet.weights.hub (what huggingface_hub 2 uses)
         "matplotlib",  # stunet-predict --preview (nnunetv2 requires it as well)
         "SimpleITK>=2.2",
         "nibabel>=5",
         "numpy",
+        "pydicom>=2.4",  # DICOM input: every header checked before GDCM reads the pixels (stunet.clinical.dicom)
+        "scikit-image",  # stunet-evaluate: the marching-cubes surface table (nnunetv2 requires it as well)
+        "scipy",  # stunet-predict --qc: connected components (nnunetv2 requires it as well)
         "safetensors>=0.4",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7", "highdicom>=0.22", "pydicom>=2.4"],
-                    "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},  # stunet.clinical.dicom_seg.require()
+    # surface-distance (DeepMind's, the implementation FLARE's evaluation uses) is the reference the tests compare
+    # stunet-evaluate's surface metrics with; it is not needed at run time.
+    extras_require={"test": ["pytest>=7", "highdicom>=0.22", "surface-distance>=0.1"],
+                    "dicom": ["highdicom>=0.22"],  # DICOM-SEG output: stunet.clinical.dicom_seg.require()
+                    # stunet-export, stunet-predict --backend onnxruntime/openvino: stunet.deploy.engines.require()
+                    "deploy": ["onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.0"]},
     entry_points={"console_scripts": [
         "stunet-info=stunet.cli.info:main",
         "stunet-demo=stunet.cli.demo:main",
@@ -84,8 +93,11 @@ setup(
         "stunet-download=stunet.cli.download:main",
         "stunet-plans=stunet.cli.plans:main",
         "stunet-predict=stunet.cli.predict:main",
+        "stunet-export=stunet.cli.export:main",
         "stunet-train=stunet.cli.train:main",
         "stunet-totalseg=stunet.cli.totalseg:main",
+        "stunet-evaluate=stunet.cli.evaluate:main",
+        "stunet-report=stunet.cli.report:main",
     ]},
     cmdclass={"build_py": BuildWithPth, "editable_wheel": EditableWithPth},
 )

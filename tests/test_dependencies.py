@@ -26,15 +26,22 @@ DISTRIBUTIONS = {
     "batchgenerators": "batchgenerators",
     "batchgeneratorsv2": "batchgeneratorsv2",
     "huggingface_hub": "huggingface_hub",
+    "httpx2": "httpx2",
     "matplotlib": "matplotlib",
     "SimpleITK": "SimpleITK",
     "nibabel": "nibabel",
     "numpy": "numpy",
+    "skimage": "scikit-image",
+    "surface_distance": "surface-distance",
+    "scipy": "scipy",
     "safetensors": "safetensors",
     "tqdm": "tqdm",
     "highdicom": "highdicom",
     "pydicom": "pydicom",
     "pytest": "pytest",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
 }
 
 
@@ -129,7 +136,15 @@ EXTRA_MODULES = sorted(m for m in IMPORTS if m in DISTRIBUTIONS and normalise(DI
 
 
 def test_some_imports_are_extras():
-    assert "highdicom" in EXTRA_MODULES and "pydicom" in EXTRA_MODULES
+    assert "highdicom" in EXTRA_MODULES
+
+
+def test_pydicom_is_required():
+    """DICOM input reads every header with pydicom before GDCM reads the pixels (issue 25): a requirement, imported at
+    module level by stunet.clinical.dicom; highdicom (DICOM-SEG output) stays in the ``dicom`` extra."""
+    assert "pydicom" in REQUIRED and "pydicom" not in EXTRA_MODULES
+    assert any(str(path) == "stunet/clinical/dicom.py" and top for path, _, top in IMPORTS["pydicom"])
+    assert "highdicom" not in REQUIRED and "highdicom" in EXTRAS["dicom"]
 
 
 @pytest.mark.parametrize("module", EXTRA_MODULES)

@@ -23,6 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from stunet.deploy.engines import check_backend, describe_backend
+from stunet.deploy.sidecar import GraphNetwork
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.case import CaseResult, predict_case
 from stunet.prediction.images import labels_to_sitk
@@ -37,14 +39,17 @@ class Segmenter:
 
     ``Segmenter(pretrained=NAME[, checkpoint=FILE])`` or ``Segmenter(model_folder=FOLDER[, folds=...])`` (also
     ``Segmenter.from_model_folder``); ``labels=`` / ``label_map=`` restrict or map the output labels and
-    ``max_voxels=`` sets the voxel budget, as ``stunet-predict --labels/--label-map/--max-voxels`` do.
+    ``max_voxels=`` sets the voxel budget, as ``stunet-predict --labels/--label-map/--max-voxels`` do;
+    ``backend="onnxruntime"`` or ``"openvino"`` runs the networks as exported graphs on the CPU (as ``--backend``;
+    docs/deployment.md), at ``precision``.
     """
 
     def __init__(self, pretrained: str | None = None, checkpoint: str | Path | None = None, *,
                  model_folder: str | Path | None = None, folds: Sequence[str] | None = None,
                  checkpoint_name: str = "checkpoint_final.pth", model: Model | None = None, device: str = "auto",
                  step_size: float = 0.5, mirroring: bool = True, precision: str = "auto", trust: bool = False,
-                 labels: str | None = None, label_map: str | None = None, max_voxels: float | None = None):
+                 labels: str | None = None, label_map: str | None = None, max_voxels: float | None = None,
+                 backend: str = "torch"):
         if sum(x is not None for x in (pretrained, model_folder, model)) != 1:
             raise ValueError("give one of pretrained=NAME, model_folder=FOLDER or model=Model")
         if checkpoint is not None and pretrained is None:
@@ -52,15 +57,20 @@ class Segmenter:
         if model is None:
             model = (load_pretrained(pretrained, checkpoint, trust=trust) if pretrained
                      else load_model_folder(model_folder, folds, checkpoint_name, trust=trust))
+        check_backend(backend)
+        if backend == "torch" and any(isinstance(n, GraphNetwork) for n in model.networks):
+            raise ValueError("an exported ONNX graph runs on the onnxruntime or openvino backend, not torch")
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = "cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"
         self.model = model
-        self.predictor = Predictor(model, device, step_size, mirroring, precision)
+        self.predictor = Predictor(model, device, step_size, mirroring, precision, backend=backend)
         self.label_names, self.lookup, self.members = output_labels(model.label_names, label_map, labels)
         self.max_voxels = max_voxels
         self.budget(False)  # a bad max_voxels or STUNET_MAX_VOXELS fails now, not at the first image
         self.options = {"step_size": step_size, "mirroring": mirroring, "precision": precision, "device": str(device),
-                        "labels": labels, "label_map": label_map, "max_voxels": max_voxels}
+                        "labels": labels, "label_map": label_map, "max_voxels": max_voxels, "backend": backend,
+                        "engine": describe_backend(backend, self.predictor.precision, None if backend == "torch"
+                                                   else self.predictor.runners)}
         self._lock = threading.RLock()  # predict() holds it around the phases that take it too
         self.timings: dict[str, float] = {}  # seconds per phase of the last case
         self.last: CaseResult | None = None  # the last case's result (notes, timings, tiles)

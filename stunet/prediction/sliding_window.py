@@ -44,7 +44,7 @@ class Predictor:
     """Segments images with a :class:`Model`."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", step_size: float = 0.5,
-                 mirroring: bool = True, precision: str = "auto", chunk_slices: int = 8):
+                 mirroring: bool = True, precision: str = "auto", chunk_slices: int = 8, backend: str = "torch"):
         self.model = model
         self.device = torch.device(device)
         self.step_size = step_size
@@ -52,6 +52,14 @@ class Predictor:
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.autocast_dtype = PRECISIONS[precision]
+        # what computes each network's features: the networks, or (backend onnxruntime/openvino) an engine of
+        # stunet.deploy per network, which has the network's decode() and so runs inside _features' mirroring
+        self.backend, self.runners = backend, model.networks
+        if backend != "torch":
+            from stunet.deploy.runners import feature_engines
+            self.runners = feature_engines(model, backend, precision, self.device)
+            self.autocast_dtype = None  # the engine's own precision
+        self.precision = self.runners[0].precision if backend != "torch" else precision
         self.chunk_slices = chunk_slices
         self.network_seconds = 0.0  # the forward passes of the last image (feature_slabs)
         self.tiles = 0  # tiles of the last image
@@ -76,12 +84,14 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
         """nnU-Net's preprocessing (:mod:`stunet.prediction.preprocessing`); ``image`` is normalised in place."""
+        self.fallbacks = []  # a new image: its own fallbacks only
         return preprocess(image, properties, self.model.plans_manager, self.model.configuration_manager,
-                          self.model.dataset_json, self.device)
+                          self.model.dataset_json, self.device, self.note_fallback)
 
     # -- sliding window over features ---------------------------------------------------------------------------
     def _features(self, network: STUNet, tile: torch.Tensor) -> torch.Tensor:
-        """The last decoder stage's features for a tile, averaged over the mirrorings (the head is linear)."""
+        """The last decoder stage's features for a tile, averaged over the mirrorings (the head is linear);
+        ``network`` may be an engine of :mod:`stunet.deploy.engines` (same ``decode``)."""
         combos = [()]
         if self.mirror_axes:
             axes = [a + 2 for a in self.mirror_axes]
@@ -167,7 +177,7 @@ class Predictor:
                 base = start
             x = padded[(slice(None), *tile)].unsqueeze(0).to(self.device)  # a 2D tile's slice index drops its axis
             place = (slice(start - base, start - base + (1 if two_d else patch[0])), *tile[1:])
-            for network, canvas in zip(self.model.networks, canvases):
+            for network, canvas in zip(self.runners, canvases):
                 began = time.perf_counter()
                 with autocast or torch.autocast(self.device.type, enabled=False):
                     f = self._features(network, x)[0]
@@ -197,7 +207,8 @@ class Predictor:
         if probabilities_of is None and not self.model.label_manager.has_regions \
                 and math.prod(new_shape) > math.prod(data.shape[1:]):
             chunks = fine_labels(self.model.networks, self.feature_slabs(data, progress, on_start), data.shape[1:],
-                                 new_shape, self._orders(properties), self.chunk_slices, tally=self.tally)
+                                 new_shape, self._orders(properties), self.chunk_slices, tally=self.tally,
+                                 on_fallback=self.note_fallback)
             return self._assemble(chunks, properties, lookup), None
         return self.segment(self.blended_features(data, progress, on_start), properties, lookup, probabilities_of)
 
@@ -223,7 +234,7 @@ class Predictor:
         if probabilities_of is None and not self.model.label_manager.has_regions \
                 and math.prod(new_shape) > math.prod(features[0].shape[1:]):
             chunks = fine_labels(self.model.networks, [(0, last)], features[0].shape[1:], new_shape, orders,
-                                 self.chunk_slices, tally=self.tally)
+                                 self.chunk_slices, tally=self.tally, on_fallback=self.note_fallback)
         else:
             chunks = self._resampled_labels(last, new_shape, orders, probabilities_of, probs)
         seg = self._assemble(chunks, properties, lookup)
