@@ -160,7 +160,7 @@ def test_headers_that_point_outside_their_folder_are_refused(model, tmp_path):
     folder.mkdir()
     headers = {
         "nrrd_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\nencoding: raw\n"
-                          f"data file: ../secret.raw\n\n",
+                          "data file: ../secret.raw\n\n",
         "absolute_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\n"
                               f"encoding: raw\ndata file: {secret}\n\n",
         "list_0000.nrrd": "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\nencoding: raw\n"
