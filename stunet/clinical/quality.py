@@ -42,7 +42,7 @@ def components(seg: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[int, f
     labelled inside its bounding box only (one pass over the map finds every box)."""
     from scipy import ndimage
 
-    boxes = ndimage.find_objects(seg.astype(np.int64, copy=False)) if seg.size else []
+    boxes = ndimage.find_objects(seg) if seg.size else []  # integer maps as they are: no copy of the volume
     structure = np.ones((3,) * seg.ndim, dtype=bool)
     out = {}
     for label in labels:

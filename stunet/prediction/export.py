@@ -62,9 +62,10 @@ class ConfidenceTally:
     def __init__(self):
         self.voxels = self.confidence = self.uncertain = None
 
-    def add(self, winners: torch.Tensor, logits: torch.Tensor) -> None:
-        top = logits.gather(1, winners.long()[:, None])
-        probability = 1.0 / torch.exp(logits - top).sum(1)  # the winner's softmax probability
+    def add(self, winners: torch.Tensor, logits: torch.Tensor, top: torch.Tensor | None = None) -> None:
+        """``winners``: each voxel's class; ``top``: its logit (the row's maximum), gathered when not given."""
+        top = logits.gather(1, winners.long()[:, None]) if top is None else top[:, None]
+        probability = (logits - top).exp_().sum(1).reciprocal_()  # the winner's softmax probability
         classes = logits.shape[1]
         winners = winners.long()
         counts = [torch.bincount(winners, minlength=classes).double(),
@@ -85,9 +86,11 @@ def argmax(networks, features: Sequence[torch.Tensor], voxels_per_chunk: int = 1
     for start in range(0, labels.numel(), voxels_per_chunk):
         part = slice(start, start + voxels_per_chunk)
         logits = head_logits(networks, [f[part] for f in features])
-        winners = logits.argmax(1)
-        if tally is not None:
-            tally.add(winners, logits)
+        if tally is None:
+            winners = logits.argmax(1)
+        else:  # max gives the winner and its logit in one pass (the probability needs both)
+            top, winners = logits.max(1)
+            tally.add(winners, logits, top)
         labels[part] = winners.to(labels.device, torch.int16)
     return labels
 
