@@ -25,27 +25,38 @@ def label_statistics(seg: np.ndarray, image: np.ndarray, spacing: Sequence[float
     one entry per output label except background (0), keyed by name."""
     if seg.shape != image.shape:
         raise ValueError(f"segmentation {seg.shape} and image {image.shape} differ in shape")
+    from scipy import ndimage
+
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
-    border = np.zeros(seg.shape, dtype=bool)
-    for axis in range(seg.ndim):
-        index = [slice(None)] * seg.ndim
-        for end in (0, -1):
-            index[axis] = end
-            border[tuple(index)] = True
+    boxes = ndimage.find_objects(seg) if seg.size and seg.dtype.kind in "iu" else None  # one pass for every label
     out = {}
     for label, name in sorted(names.items()):
         if label == 0:
             continue
-        mask = seg == label
-        values = image[mask].astype(np.float64)
+        if boxes is None:
+            box = tuple(slice(0, n) for n in seg.shape)
+        else:
+            box = boxes[label - 1] if 0 < label <= len(boxes) else None
+        mask = seg[box] == label if box is not None else np.zeros((0,), dtype=bool)
+        values = image[box][mask].astype(np.float64) if box is not None else np.zeros(0)
         count = int(values.size)
         nan = float("nan")
         out[name] = {"label": int(label), "voxels": count, "volume_ml": count * voxel_ml,
                      "mean": float(values.mean()) if count else nan, "std": float(values.std()) if count else nan,
                      "median": float(np.median(values)) if count else nan,
                      "min": float(values.min()) if count else nan, "max": float(values.max()) if count else nan,
-                     "touches_border": bool(np.any(mask & border))}
+                     "touches_border": bool(count) and _touches_border(mask, box, seg.shape)}
     return out
+
+
+def _touches_border(mask: np.ndarray, box: tuple, shape: Sequence[int]) -> bool:
+    """Whether the label (``mask`` inside its bounding ``box``) has a voxel on one of the image's faces."""
+    for axis, (part, size) in enumerate(zip(box, shape)):
+        if part.start == 0 and mask.take(0, axis).any():
+            return True
+        if part.stop == size and mask.take(-1, axis).any():
+            return True
+    return False
 
 
 def to_json_ready(stats: dict) -> dict:
