@@ -24,6 +24,7 @@ from stunet.errors import CaseError
 from stunet.errors import CheckpointError
 from stunet.prediction.claims import Claims
 from stunet.cli.errors import cli_entry, one_line, printable
+from stunet.paths import image_ending, is_utf8
 from stunet.cpu_memory import reuse_freed_memory
 from stunet.labels import list_label_maps
 from stunet.prediction.outputs import describe_nifti, write_extras, write_seg_for_series
@@ -195,11 +196,8 @@ def _write_case(result, args, segmenter, out_dir: Path, target: Path, seg_target
                              partial)
     if nifti:
         def write(tmp: Path) -> None:
-            plain = tmp
-            try:
-                str(tmp).encode("utf-8")
-            except UnicodeEncodeError:  # ITK aborts on such a name: it writes a plain one, renamed afterwards
-                plain = tmp.with_name("output" + "".join(tmp.suffixes[-2:]).encode("ascii", "replace").decode())
+            # ITK aborts on a name that is not UTF-8: it writes a plain one, renamed afterwards
+            plain = tmp if is_utf8(tmp) else tmp.with_name("output" + image_ending(tmp))
             writer.write_seg(seg, str(plain), properties)
             if plain != tmp:
                 os.replace(plain, tmp)
@@ -309,13 +307,21 @@ def main(argv=None) -> None:
     claims, busy = Claims(partial.parent), []  # one process per output at a time (stunet/claims.py)
     done, skipped, failed = 0, 0, []
     record: dict[str, dict] = {}  # this process's cases: predicted (with notes) or failed (with the error)
+
+    def fail(name: str, error) -> None:
+        """One line for a case that failed, in the log, the summary and provenance.json; the run goes on."""
+        message = one_line(error)
+        failed.append(message)
+        record[name] = {"status": "failed", "error": message}
+        tqdm.write(f"stunet-predict: error: {message}", file=sys.stderr)
+
     bar = tqdm(cases, unit="case", desc="cases")
     for case in bar:
         seg_target = out_dir / f"{case.name}.seg.dcm"
         # the file written last: its existence means the case is complete
         target = (args.output if file_output else out_dir / f"{case.name}{case.ending}") if nifti else seg_target
         if target.resolve() in inputs:
-            failed.append(one_line(f"{case.name}: output {target} would overwrite an input"))
+            fail(case.name, f"{case.files[0]}: the output {target} would overwrite an input; write to another folder")
             continue
         if _finished(target, args.overwrite, started):
             skipped += 1
@@ -323,9 +329,7 @@ def main(argv=None) -> None:
         try:
             claimed = claims.claim(target.name)
         except CaseError as e:  # a folder or a link where the claim belongs: this case fails, the run goes on
-            failed.append(one_line(e))
-            record[case.name] = {"status": "failed", "error": one_line(e)}
-            tqdm.write(f"stunet-predict: error: {one_line(e)}", file=sys.stderr)
+            fail(case.name, e)
             continue
         if not claimed:  # another process is predicting it
             busy.append(case.name)
@@ -351,7 +355,8 @@ def main(argv=None) -> None:
                 if not claims.holds():  # taken over as stale by another process, which writes this case
                     busy.append(case.name)
                     continue
-                _write_case(result, args, segmenter, out_dir, target, seg_target, names, writer, partial, nifti, seg_out)
+                _write_case(result, args, segmenter, out_dir, target, seg_target, names, writer, partial, nifti,
+                            seg_out)
             predicted = sum(result.timings.values())
             phases = {**result.timings, "writing": time.perf_counter() - case_start - predicted}
             tqdm.write(f"{printable(case.name)}: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
@@ -359,14 +364,9 @@ def main(argv=None) -> None:
             record[case.name] = {"status": "predicted", "notes": result.notes}
             done += 1
         except CaseError as e:
-            failed.append(one_line(e))
-            record[case.name] = {"status": "failed", "error": one_line(e)}
-            tqdm.write(f"stunet-predict: error: {one_line(e)}", file=sys.stderr)
+            fail(case.name, e)
         except Exception as e:  # unforeseen (a reader's or a library's own error): this case fails, the run goes on
-            message = one_line(f"{case.files[0]}: {type(e).__name__}: {e}")
-            failed.append(message)
-            record[case.name] = {"status": "failed", "error": message}
-            tqdm.write(f"stunet-predict: error: {message}", file=sys.stderr)
+            fail(case.name, f"{case.files[0]}: {type(e).__name__}: {e}")
         except BaseException:  # interrupted: its claim goes with it
             claims.close()
             raise

@@ -194,7 +194,8 @@ def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affi
     defaults to its own (``max_voxels``, with the probability maps counted when asked for); ``workdir`` keeps an
     extracted zip's files for as long as the caller needs them (a DICOM-SEG references them), else they are removed
     when the case is done; ``for_seg`` checks a DICOM series for what its DICOM-SEG will need before the network runs.
-    ``qc`` adds the per-label quality fields (:mod:`stunet.clinical.quality`). Raises :class:`~stunet.errors.CaseError` naming the input for anything refused."""
+    ``qc`` adds the per-label quality fields (:mod:`stunet.clinical.quality`). Raises
+    :class:`~stunet.errors.CaseError` naming the input for anything refused."""
     start = time.perf_counter()
     budget = budget or engine.budget(probabilities)
     own_workdir = workdir is None
