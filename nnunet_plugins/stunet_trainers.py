@@ -11,9 +11,7 @@ combination of the parts is a subclass in a trainer folder of your own on ``nnUN
     class MyTrainer_large_ft_mirroronly(MirroringOnly, STUNetTrainer_large_ft):
         pass
 
-The former generated names (``STUNetTrainer_large_ft_bf16``, ...) are no trainers any more: nnU-Net's lookup reaches
-:func:`__getattr__` at the end of this file, which gives a class that stops ``nnUNetv2_train`` with one line naming
-the replacement, and still builds the network for prediction of results folders trained under the former name.
+A name not defined here is no trainer: ``nnUNetv2_train`` stops with nnU-Net's own error.
 """
 # flake8: noqa: E701
 from stunet.nnunet import trainer as behaviour
@@ -76,13 +74,3 @@ class STUNetTrainer_huge_smoke(Smoke, STUNetTrainer_huge): pass
 class STUNetTrainer_small_ft_smoke(Smoke, STUNetTrainer_small_ft): pass
 class STUNetTrainer_small_ft_frozen_encoder_smoke(Smoke, STUNetTrainer_small_ft_frozen_encoder): pass
 class STUNetTrainer_small_mirroronly_smoke(Smoke, STUNetTrainer_small_mirroronly_ep4k): pass
-
-
-def __getattr__(name: str):
-    """A former generated name (``STUNetTrainer_large_ft_bf16``): a class that refuses to train with one line naming
-    the replacement (:func:`stunet.nnunet.trainer.removed_trainer`). nnU-Net's lookup asks ``hasattr`` of this
-    module, which calls this for names not defined above; any other name is no attribute, as usual."""
-    removed = behaviour.removed_trainer(name, globals())
-    if removed is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return removed

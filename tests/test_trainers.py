@@ -1,12 +1,9 @@
 """STU-Net trainers without training: the hand-written names (each a class line of nnunet_plugins/stunet_trainers.py),
-how parts compose, the former names and the one line that names their replacement (through nnU-Net's own lookup),
-options and where they come from, bf16 autocast scoped to the trainer's own calls, the -pretrained_weights route
+how parts compose, any other name left to nnU-Net's own lookup and its error, options and where they come from, bf16 autocast scoped to the trainer's own calls, the -pretrained_weights route
 (scoped: nothing stays patched), the decoder view."""
 import ast
 import gc
-import itertools
 import re
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,21 +12,15 @@ import torch
 from torch import nn
 
 import stunet
-from nnunet_helpers import BIN, nnunet_env
 from stunet.errors import CheckpointError
 from stunet.nnunet.env import trainer_folder
-from stunet.nnunet.trainer import (FineTune, MirroringOnly, RemovedTrainer, STUNetTrainer, Smoke, TrainerRemoved,
-                                   describe_trainer)
+from stunet.nnunet.trainer import FineTune, MirroringOnly, STUNetTrainer, Smoke, describe_trainer
 from stunet.nnunet_plugins import stunet_trainers
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = trainer_folder() / "stunet_trainers.py"
 TRAINERS = {name: value for name, value in vars(stunet_trainers).items()
             if isinstance(value, type) and issubclass(value, STUNetTrainer)}
-# the grammar of the 320 names generated before the trainers were written by hand
-FORMER = ["STUNetTrainer_" + "".join(parts) for parts in itertools.product(
-    ("small", "base", "large", "huge"), ("", "_ft", "_ft_paper", "_ft_frozen_encoder", "_ft_heads"),
-    ("", "_mirroronly"), ("", "_bf16"), ("", "_ep4k", "_quick", "_smoke"))]
 
 
 def test_every_trainer_name_is_a_class_line_of_the_plugin_file():
@@ -54,20 +45,18 @@ def test_the_documented_names_are_there():
 # every STUNetTrainer_<name> the repository mentions (a results folder's first part), except in this file
 MENTIONS = sorted(p for pattern in ("README.md", "docs/*.md", "stunet/**/*.py", "benchmarks/*.py", "tests/*.py")
                   for p in ROOT.glob(pattern) if p.name != Path(__file__).name)
-STALE: dict[str, str] = {}  # path -> why it may still name a removed trainer (a strict xfail: fixed, it fails)
+STALE: dict[str, str] = {}  # path -> why it may name a trainer that does not exist (a strict xfail: fixed, it fails)
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=STALE[str(
     p.relative_to(ROOT))])) if str(p.relative_to(ROOT)) in STALE else p for p in MENTIONS],
     ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_repository_names_only_trainers_that_exist(path):
-    """Docs, commands, benchmarks and tests name existing trainers; a former name only where a line says it was
-    removed."""
+    """Docs, commands, benchmarks and tests name existing trainers."""
     for number, line in enumerate(path.read_text().splitlines(), 1):
         for name in re.findall(r"\bSTUNetTrainer_[a-z][a-z0-9_]*", line):
             name = name.split("__")[0]
-            known = name in TRAINERS or "removed" in line or "former" in line.lower()
-            assert known, f"{path}:{number} names {name}, which is no trainer"
+            assert name in TRAINERS, f"{path}:{number} names {name}, which is no trainer"
 
 
 def test_parts_compose():
@@ -87,93 +76,24 @@ def test_parts_compose():
         assert trainer.model_name == (f"stunet_{size}" if size else None), name
 
 
-def test_each_former_name_is_a_trainer_or_stops_with_one_line_naming_its_replacement():
-    assert len(FORMER) == 320
-    for name in FORMER:
-        if name in TRAINERS:
-            continue
-        removed = getattr(stunet_trainers, name)
-        assert issubclass(removed, RemovedTrainer) and getattr(stunet_trainers, name) is removed
-        message = removed.removed_message
-        replacement = re.fullmatch(
-            rf"{name} was removed: use -tr (STUNetTrainer_\w+)( with STUNET_PRECISION=bf16)?"
-            r"(; for .+, subclass it with .+ from stunet\.nnunet\.trainer \(docs/training.md\))?", message)
-        assert replacement and "\n" not in message, message
-        assert replacement[1] in TRAINERS and (replacement[2] is not None) == ("_bf16" in name), message
-        assert TRAINERS[replacement[1]].model_name == removed.model_name
-        with pytest.raises(TrainerRemoved) as stop:  # nnU-Net instantiates the class it found: one line, exit 1
-            removed({}, "3d_fullres", 0, {})
-        assert isinstance(stop.value, SystemExit) and str(stop.value.code) == message
-    assert not hasattr(stunet_trainers, "STUNetTrainer_small_bf16_ft")  # not of the former grammar
-    assert not hasattr(stunet_trainers, "STUNetTrainer_tiny_ft_bf16")
-
-
-@pytest.mark.parametrize("name, message", [
-    ("STUNetTrainer_large_ft_bf16", "STUNetTrainer_large_ft_bf16 was removed: use -tr STUNetTrainer_large_ft with "
-                                    "STUNET_PRECISION=bf16"),
-    ("STUNetTrainer_small_bf16", "STUNetTrainer_small_bf16 was removed: use -tr STUNetTrainer_small with "
-                                 "STUNET_PRECISION=bf16"),
-    ("STUNetTrainer_large_mirroronly_bf16_ep4k", "STUNetTrainer_large_mirroronly_bf16_ep4k was removed: use -tr "
-                                                 "STUNetTrainer_large_mirroronly_ep4k with STUNET_PRECISION=bf16"),
-    ("STUNetTrainer_small_mirroronly_bf16_quick", "STUNetTrainer_small_mirroronly_bf16_quick was removed: use -tr "
-     "STUNetTrainer_small_quick with STUNET_PRECISION=bf16; for mirroring-only augmentation, subclass it with "
-     "MirroringOnly from stunet.nnunet.trainer (docs/training.md)"),
-    ("STUNetTrainer_base_ft_smoke", "STUNetTrainer_base_ft_smoke was removed: use -tr STUNetTrainer_base_ft; for the "
-     "2-epoch schedule, subclass it with Smoke from stunet.nnunet.trainer (docs/training.md)"),
-    ("STUNetTrainer_huge_ep4k", "STUNetTrainer_huge_ep4k was removed: use -tr STUNetTrainer_huge; for 4000 epochs, "
-     "subclass it with Epochs4000 from stunet.nnunet.trainer (docs/training.md)"),
-])
-def test_former_name_patterns(name, message):
-    assert getattr(stunet_trainers, name).removed_message == message
-
-
-def test_a_former_name_still_builds_its_network_for_prediction():
-    """Results folders trained under a former name keep predicting: the class builds the replacement's network."""
-    config = SimpleNamespace(pool_op_kernel_sizes=[[1, 1, 1]] + [[2, 2, 2]] * 5)
-    with torch.device("meta"):
-        net = stunet_trainers.STUNetTrainer_base_ft_bf16.build_network_architecture(None, config, 1, 3, False)
-    assert sum(p.numel() for p in net.parameters()) == sum(
-        p.numel() for p in stunet_trainers.STUNetTrainer_base_ft.build_network_architecture(
-            None, config, 1, 3, False).parameters())
-
-
-def test_nnunets_lookup_finds_the_former_name_and_its_message(monkeypatch):
+def test_any_other_name_is_left_to_nnunets_lookup_and_its_error(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     monkeypatch.setenv("nnUNet_extTrainer", str(trainer_folder()))
-    found = recursive_find_trainer_class_by_name("STUNetTrainer_large_ft_bf16")
-    assert found.removed_message.startswith("STUNetTrainer_large_ft_bf16 was removed: use -tr STUNetTrainer_large_ft")
     assert recursive_find_trainer_class_by_name("STUNetTrainer_large_ft").__name__ == "STUNetTrainer_large_ft"
-    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):  # other names: nnU-Net's error
-        recursive_find_trainer_class_by_name("STUNetTrainer_large_ft_bf16_paper")
+    for name in ("STUNetTrainer_large_ft_bf16", "STUNetTrainer_huge_ep4k"):
+        assert not hasattr(stunet_trainers, name)
+        with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+            recursive_find_trainer_class_by_name(name)
 
 
-def test_the_stock_command_stops_with_the_one_line(tmp_path):
-    """``nnUNetv2_train -tr <former name>``, unpatched nnU-Net: exit 1, one line on stderr naming the replacement."""
-    dataset = tmp_path / "preprocessed" / "Dataset990_Former"
-    dataset.mkdir(parents=True)
-    for name in ("nnUNetPlans.json", "dataset.json"):  # nnU-Net reads both before it builds the trainer
-        (dataset / name).write_text("{}")
-    done = subprocess.run([str(BIN / "nnUNetv2_train"), "990", "3d_fullres", "0", "-tr",
-                           "STUNetTrainer_small_ft_mirroronly_bf16_smoke", "-device", "cpu"], env=nnunet_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
-    ours = [line for line in done.stderr.splitlines() if "STUNetTrainer" in line]
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert ours == ["STUNetTrainer_small_ft_mirroronly_bf16_smoke was removed: use -tr STUNetTrainer_small_ft_smoke "
-                    "with STUNET_PRECISION=bf16; for mirroring-only augmentation, subclass it with MirroringOnly from "
-                    "stunet.nnunet.trainer (docs/training.md)"], done.stderr
+def test_stunet_info_lists_the_trainers_and_refuses_another_name(capsys):
+    from stunet.cli import info
 
-
-def test_stunet_train_and_stunet_info_say_the_same(capsys):
-    from stunet.cli import info, train
-
-    expected = stunet_trainers.STUNetTrainer_large_ft_bf16.removed_message
-    with pytest.raises(SystemExit) as stop:
-        train.main(["4", "3d_fullres", "0", "-tr", "STUNetTrainer_large_ft_bf16"])
-    assert stop.value.code == f"stunet-train: error: {expected}"
     with pytest.raises(SystemExit) as stop:
         info.main(["--trainers", "STUNetTrainer_large_ft_bf16"])
-    assert stop.value.code == 2 and capsys.readouterr().err == f"stunet-info: error: {expected}\n"
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "stunet-info: error: no STU-Net trainer called 'STUNetTrainer_large_ft_bf16'\n"
     info.main(["--trainers"])
     listing = capsys.readouterr().out
     assert f"{len(TRAINERS)} STU-Net trainers" in listing and "STUNET_PRECISION=bf16" in listing

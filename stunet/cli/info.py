@@ -23,8 +23,7 @@ def _row(name: str, args) -> list[str]:
 
 
 def _trainers(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """``--trainers``: every class of nnunet_plugins/stunet_trainers.py, or the names asked for; a former name exits
-    with the line that names its replacement (as nnUNetv2_train and stunet-train do)."""
+    """``--trainers``: every class of nnunet_plugins/stunet_trainers.py, or the names asked for."""
     from stunet.nnunet.trainer import STUNetTrainer, describe_trainer  # imports nnU-Net
     from stunet.nnunet_plugins import stunet_trainers
 
@@ -32,13 +31,11 @@ def _trainers(parser: argparse.ArgumentParser, names: list[str]) -> None:
               if isinstance(value, type) and issubclass(value, STUNetTrainer)}
     for name in names:
         if name not in listed:
-            removed = getattr(getattr(stunet_trainers, name, None), "removed_message", None)
-            parser.exit(2, f"stunet-info: error: {removed or f'no STU-Net trainer called {name!r}'}\n")
+            parser.exit(2, f"stunet-info: error: no STU-Net trainer called {name!r}\n")
     if not names:
         print(f"{len(listed)} STU-Net trainers (nnunet_plugins/stunet_trainers.py), each nnU-Net's nnUNetTrainer with "
               f"the STU-Net of the plans\n(STU-Net plans) or of its size (nnU-Net's own plans). Precision is no part "
-              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16). "
-              f"A former name (STUNetTrainer_large_ft_bf16, ...) stops with\nthe name of its replacement.\n")
+              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16).\n")
     for name in names or listed:
         print(f"{name:<44} {describe_trainer(listed[name])}")
 

@@ -88,22 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def removed_trainer_message(name: str) -> str | None:
-    """The one-line message of a former STU-Net trainer name (``STUNetTrainer_large_ft_bf16``), or None."""
-    if not name.startswith("STUNetTrainer_"):
-        return None
-    from stunet.nnunet_plugins import stunet_trainers
-
-    return getattr(getattr(stunet_trainers, name, None), "removed_message", None)
-
-
 @cli_entry("stunet-train")
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    removed = removed_trainer_message(args.tr)
-    if removed:  # nnUNetv2_train says the same once it has read the plans; say it before anything starts
-        raise SystemExit(f"stunet-train: error: {removed}")
     launch = launch_from_environment()
     if launch is None:
         from nnunetv2.run.run_training import run_training_entry

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
@@ -319,62 +318,3 @@ def describe_trainer(trainer: type) -> str:
         lines.append(FULL_SCHEDULE)
     return "; ".join(lines)
 
-
-# -- names of the former generated set --------------------------------------------------------------------------
-#: the grammar the 320 generated names followed (precision was a name part then; it is STUNET_PRECISION now)
-FORMER_NAME = re.compile(r"STUNetTrainer_(?P<size>[a-z]+)(?P<regime>_ft|_ft_paper|_ft_frozen_encoder|_ft_heads)?"
-                         r"(?P<mirroronly>_mirroronly)?(?P<bf16>_bf16)?(?P<schedule>_ep4k|_quick|_smoke)?")
-FORMER_PARTS = {"_ft": FineTune, "_ft_paper": FineTunePaper, "_ft_frozen_encoder": FineTuneFrozenEncoder,
-                "_ft_heads": FineTuneHeads, "_mirroronly": MirroringOnly, "_ep4k": Epochs4000, "_quick": Quick,
-                "_smoke": Smoke}
-#: what a part is worth when the closest remaining trainer is chosen: what trains first, then augmentation
-_WEIGHT = {**{p: 4 for p in REGIMES}, MirroringOnly: 2, **{p: 1 for p in SCHEDULES}}
-_WHAT = {MirroringOnly: "mirroring-only augmentation", Epochs4000: "4000 epochs", Quick: "the 5-epoch schedule",
-         Smoke: "the 2-epoch schedule"}
-
-
-class TrainerRemoved(SystemExit):
-    """A former trainer name passed to ``nnUNetv2_train -tr``. A SystemExit, so the command stops with the one line
-    that names the replacement (no traceback)."""
-
-
-class RemovedTrainer:
-    """Mixed into the class a former name resolves to: it builds its network like its replacement (so a results
-    folder trained under the former name still predicts), and refuses to train with :attr:`removed_message`."""
-    removed_message = ""
-
-    def __init__(self, *args, **kwargs):
-        raise TrainerRemoved(self.removed_message)
-
-
-_REMOVED: dict[tuple[type, str], type] = {}
-
-
-def removed_trainer(name: str, trainers: dict) -> type | None:
-    """The class a former generated name resolves to among ``trainers`` (a trainer module's namespace), or None when
-    ``name`` is not one. Its ``removed_message`` is one line: the former name, its replacement and what the
-    replacement leaves out. Called by the trainer module's ``__getattr__``, which nnU-Net's lookup reaches."""
-    match = FORMER_NAME.fullmatch(name)
-    sizes = {preset.size: model for model, preset in PRESETS.items()}
-    if match is None or match["size"] not in sizes or name in trainers:
-        return None
-    wanted = {FORMER_PARTS[g] for g in (match["regime"], match["mirroronly"], match["schedule"]) if g}
-    candidates = [t for t in trainers.values() if isinstance(t, type) and issubclass(t, STUNetTrainer)
-                  and not issubclass(t, RemovedTrainer) and t.model_name == sizes[match["size"]]
-                  and set(parts_of(t)) <= wanted]
-    if not candidates:
-        return None
-    replacement = max(candidates, key=lambda t: sum(_WEIGHT[p] for p in parts_of(t)))
-    message = f"{name} was removed: use -tr {replacement.__name__}"
-    if match["bf16"]:
-        message += f" with {stunet_settings.PRECISION}=bf16"
-    lost = [p for p in PARTS if p in wanted and p not in parts_of(replacement)]
-    if lost:
-        message += (f"; for {' and '.join(_WHAT[p] for p in lost)}, subclass it with "
-                    f"{', '.join(p.__name__ for p in lost)} from stunet.nnunet.trainer (docs/training.md)")
-    key = (replacement, name)
-    if key not in _REMOVED:
-        _REMOVED[key] = type(name, (RemovedTrainer, replacement), {
-            "__module__": replacement.__module__, "__qualname__": name, "__doc__": message,
-            "removed_message": message})
-    return _REMOVED[key]
