@@ -146,7 +146,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         "First use (cache empty: export of the features graph, check against PyTorch, compilation), fp32:", "",
         "| backend | wall (s) | extra over a cached run (s) | peak RSS (GiB) |", "|---|---|---|---|", *first_rows, "",
-        "Goals (issue 27):", "", *verdicts])
+        "Goals:", "", *verdicts])
     print("\n" + table)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(table + "\n")

@@ -21,7 +21,7 @@ volumes).
 3. Peak memory (PSS and RSS) of each process tree, sampled every 0.2 s; and the agreement: the largest difference in
    NSD and Dice and the largest relative difference in HD95 and ASSD between ours and the reference.
 
-Results: benchmarks/results/evaluate_cpu.md (``--shape 512 512 600`` is the issue's full size).
+Results: benchmarks/results/evaluate_cpu.md (``--shape 512 512 600`` is a whole-body CT's full size).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ benchmarks/predict.py (cached in --work), fp32, no mirroring, step 0.5, CPU.
 
 Results: benchmarks/results/pipeline_cpu.md.
 
-``--qc`` instead measures what ``stunet-predict --qc`` costs (issue 26, point 5): ``--runs`` pairs of runs, without and
+``--qc`` instead measures what ``stunet-predict --qc`` costs: ``--runs`` pairs of runs, without and
 with ``--qc``, alternating, on the same case; per pair the wall times, the qc phase (components and flags on the written
 map) and the export phase (which collects the winning probabilities), and the cost as (wall with - wall without) /
 wall without. Results: benchmarks/results/pipeline_qc_cpu.md.

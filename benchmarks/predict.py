@@ -8,7 +8,7 @@ foreground labels either one holds). Both run without test-time mirroring, step 
 process each (2-core machine).
 
 Input: the example CT of ../shared/data/totalsegmentator_examples (122×101×30 voxels at 3 mm) stacked four times
-along z and cut to 122×101×112, the case of the issue's baseline (27 tiles of 128³ at 1.5 mm). Weights: the released
+along z and cut to 122×101×112, the baseline case (27 tiles of 128³ at 1.5 mm). Weights: the released
 small_ep4k.model when given; otherwise a 105-class STU-Net-S briefly fitted to that CT's reference segmentation (so
 its outputs are confident and structured like a trained model's; cached in --work).
 """

@@ -31,7 +31,7 @@ def __dir__():
     return sorted([*globals(), *_LAZY])
 
 
-# ---- Source-tree layout (issue 12) -----------------------------------------------------------------------------------
+# ---- Source-tree layout ----------------------------------------------------------------------------------------------
 # setup.py installs the checkout's top-level nnunet_plugins/ and pretrained_configs/ as stunet.nnunet_plugins and
 # stunet.pretrained_configs. Python started in the checkout's root imports ./stunet instead, which holds neither, so in
 # a checkout (setup.py beside stunet/, the two folders not inside it) a finder appended to sys.meta_path maps exactly

@@ -217,7 +217,7 @@ def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affi
             tally, engine.predictor.tally = engine.predictor.tally, None
         del data
     if own_workdir and read.extracted:
-        read.series.files = []  # the extracted files are gone: a zip's series can no longer be referenced by file
+        read.series.files = []  # the extracted files are deleted: a zip's series is referenced by no file
     notes = read.notes + engine.predictor.take_fallbacks()
     timings = {"read": read_seconds, **engine.timings}
     checked = None
