@@ -4,6 +4,8 @@ copied with bounded size and depth (shared references cannot explode in a later 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +108,22 @@ def plain_data(obj, path: Path, what: str):
 
 
 def read_json_file(path: str | Path, what: str = "the file") -> dict:
-    """A JSON object from ``path`` (a model folder's plans.json / dataset.json), checked like the plans inside a
-    checkpoint: plain, bounded data; CheckpointError naming the file otherwise."""
+    """A JSON object from ``path`` (a model folder's plans.json / dataset.json, a sidecar), checked like the plans
+    inside a checkpoint: plain, bounded data; CheckpointError naming the file otherwise. Only a regular file of at
+    most MAX_PLAIN_TEXT bytes is read (a FIFO, a device or a link to one is refused without waiting on it)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_PLAIN_TEXT:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise CheckpointError(f"{path}: not a regular file (a FIFO, a device or a folder); {what} is read only from one")
+            data = f.read(MAX_PLAIN_TEXT + 1)
+        if len(data) > MAX_PLAIN_TEXT:
             raise CheckpointError(f"{path}: larger than {MAX_PLAIN_TEXT // MIB} MiB; not an nnU-Net JSON file")
-        content = json.loads(path.read_text())
+        content = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160] or type(e).__name__})"
                               ) from None
     except OSError as e:
