@@ -116,7 +116,8 @@ def read_json_file(path: str | Path, what: str = "the file") -> dict:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise CheckpointError(f"{path}: not a regular file (a FIFO, a device or a folder); {what} is read only from one")
+                raise CheckpointError(f"{path}: not a regular file (a FIFO, a device or a folder); {what} is read "
+                                      f"only from one")
             data = f.read(MAX_PLAIN_TEXT + 1)
         if len(data) > MAX_PLAIN_TEXT:
             raise CheckpointError(f"{path}: larger than {MAX_PLAIN_TEXT // MIB} MiB; not an nnU-Net JSON file")
