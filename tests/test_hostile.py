@@ -15,7 +15,7 @@ from checkpoint_helpers import write_v1, write_v2
 from hostile_helpers import corpus, image_corpus, torch_zip, weights
 from stunet.errors import CaseError
 from stunet.prediction.budget import VoxelBudget, max_voxels
-from stunet.prediction.headers import check_data_size
+from stunet.io.headers import check_data_size
 from stunet.prediction.checks import check_files
 from stunet.errors import CheckpointError
 from stunet.weights.checkpoint import load_checkpoint
@@ -249,26 +249,6 @@ def test_voxel_budget_estimates_the_resampled_grid_and_can_be_raised(bad_images,
         max_voxels()
 
 
-def test_predict_skips_each_broken_image_with_one_line_and_predicts_the_rest(bad_images, tmp_path):
-    from predict_helpers import make_model_folder, predict, write_cases
-
-    model = make_model_folder(tmp_path / "model")
-    folder = tmp_path / "in"
-    write_cases(folder, 1)
-    for path, _ in bad_images.values():
-        for part in [path, *([path.with_suffix(".raw")] if path.suffix == ".mhd" else [])]:
-            if part.exists():
-                (folder / part.name).write_bytes(part.read_bytes())
-    done = predict("-i", folder, "-o", tmp_path / "out", "-m", model, "--fast", check=False)
-    assert done.returncode == 1, done.stderr[-3000:]
-    failures = done.stderr.split("failed:\n")[1].strip().splitlines()
-    assert len(failures) == len(bad_images), failures
-    for path, expected in bad_images.values():
-        assert any(str(folder / path.name) in line and expected in line for line in failures), (path, failures)
-    assert f"1 predicted, 0 skipped (output exists; --overwrite to redo), {len(bad_images)} failed" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
 # -- 2. every command: one line naming the file and the fix, non-zero exit, no traceback -------------------------
 def _command(module: str, *args) -> tuple[int, list[str], str]:
     """Run a command's main in this process as its console script would: (exit status, stderr lines, stderr)."""
@@ -309,13 +289,6 @@ def one_image(tmp_path_factory):
     return folder / "in"
 
 
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    from predict_helpers import make_model_folder
-
-    return make_model_folder(tmp_path_factory.mktemp("model") / "model")
-
-
 def test_convert_refuses_every_crafted_checkpoint_in_one_line(hostile, tmp_path):
     for name, path in hostile.items():
         _assert_one_line(_command("convert", path, tmp_path / f"{name}.pth"), path)
@@ -333,7 +306,7 @@ def test_convert_never_clobbers_outputs_or_sidecars(tmp_path):
     _assert_one_line(_command("convert", source, tmp_path / "folder_out"), "is an existing file")
 
 
-def test_predict_refuses_crafted_checkpoints_and_malformed_model_folders_in_one_line(hostile, small_model, one_image,
+def test_predict_refuses_crafted_checkpoints_and_malformed_model_folders_in_one_line(hostile, model_folder, one_image,
                                                                                      tmp_path):
     import shutil
 
@@ -345,7 +318,7 @@ def test_predict_refuses_crafted_checkpoints_and_malformed_model_folders_in_one_
 
     def broken(name, change):
         folder = tmp_path / name
-        shutil.copytree(small_model, folder)
+        shutil.copytree(model_folder, folder)
         change(folder)
         return folder
 
@@ -364,34 +337,34 @@ def test_predict_refuses_crafted_checkpoints_and_malformed_model_folders_in_one_
     }
     for name, (folder, expected) in folders.items():
         _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", folder), expected)
-    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", small_model, "-f", "../../x"),
+    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", model_folder, "-f", "../../x"),
                      "plain names")
 
 
-def test_predict_checks_outputs_before_loading_anything(small_model, one_image, tmp_path):
+def test_predict_checks_outputs_before_loading_anything(model_folder, one_image, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file, "-m", small_model), a_file, "existing file")
-    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file / "sub", "-m", small_model), "cannot write")
-    _assert_one_line(_command("predict", "-i", one_image, "-o", "/proc/stunet-out", "-m", small_model),
+    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file, "-m", model_folder), a_file, "existing file")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", a_file / "sub", "-m", model_folder), "cannot write")
+    _assert_one_line(_command("predict", "-i", one_image, "-o", "/proc/stunet-out", "-m", model_folder),
                      "cannot write")
     source = next(one_image.iterdir())
     (tmp_path / "seg.nii.gz").mkdir()
-    _assert_one_line(_command("predict", "-i", source, "-o", tmp_path / "seg.nii.gz", "-m", small_model),
+    _assert_one_line(_command("predict", "-i", source, "-o", tmp_path / "seg.nii.gz", "-m", model_folder),
                      "is an existing folder")
-    _assert_one_line(_command("predict", "-i", tmp_path / "nothing", "-o", tmp_path / "o", "-m", small_model),
+    _assert_one_line(_command("predict", "-i", tmp_path / "nothing", "-o", tmp_path / "o", "-m", model_folder),
                      "does not exist")
-    _assert_one_line(_command("predict", "-i", one_image, "-o", tmp_path / "o", "-m", small_model, "--max-voxels",
+    _assert_one_line(_command("predict", "-i", one_image, "-o", tmp_path / "o", "-m", model_folder, "--max-voxels",
                               "many"), "--max-voxels")
 
 
-def test_predict_refuses_a_folder_of_other_labels_and_colliding_inputs(small_model, one_image, tmp_path):
+def test_predict_refuses_a_folder_of_other_labels_and_colliding_inputs(model_folder, one_image, tmp_path):
     import shutil
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "labels.json").write_text(json.dumps({"0": "background", "1": "kidney"}))
-    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", small_model), "labels.json lists other "
+    _assert_one_line(_command("predict", "-i", one_image, "-o", out, "-m", model_folder), "labels.json lists other "
                      "labels (1: kidney)", "--overwrite")
     assert not list(out.glob("*.nii.gz"))
     folder = tmp_path / "in"

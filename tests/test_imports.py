@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own room and the rooms before it
-ORDER = ["base", "models", "weights", "clinical", "evaluation", "nnunet", "deploy", "prediction", "cli", "top"]
-BASE = {"stunet.errors", "stunet.settings", "stunet.version", "stunet.paths", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps"}
+ORDER = ["base", "io", "models", "weights", "clinical", "evaluation", "nnunet", "deploy", "prediction", "cli", "top"]
+BASE = {"stunet.errors", "stunet.settings", "stunet.version", "stunet.paths", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps", "stunet.archives"}
 
 
 def _modules() -> dict[str, Path]:

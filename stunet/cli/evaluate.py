@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"NAME=MM for a label's own, e.g. --nsd-tolerance 1 --nsd-tolerance liver=2")
     p.add_argument("--labels", type=Path, metavar="JSON",
                    help="label names and values: nnU-Net's dataset.json or a labels.json (default: the predictions' "
-                        "labels.json, a dataset.json beside the folders, else every label found, as label_N)")
+                        "labels.json, the dataset.json of the reference's dataset folder or of the predictions' trainer "
+                        "folder, else every label found, as label_N)")
     p.add_argument("-np", "--num-processes", type=int, default=default_processes(),
                    help=f"processes comparing labels in parallel (default {default_processes()})")
     p.add_argument("--no-report", action="store_true", help="skip report.html")

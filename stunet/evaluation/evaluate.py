@@ -144,7 +144,8 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     volume``); ``suite``: ``flare``, ``kipa`` or ``autopet`` (its metrics, joined by ``metrics``); ``nsd_tolerance``:
     mm, a number or ``[1, "liver=2"]`` or ``{"default": 1, "liver": 2}`` (default 1 mm, FLARE's); ``labels``: a
     dataset.json or labels.json path, its contents, or ``{"liver": 1, ...}`` (default: the predictions' labels.json,
-    a dataset.json beside the folders, else every label found, named ``label_N``). With ``output``, writes
+    the dataset.json of the reference's dataset folder or of the predictions' trainer folder, else every label found,
+    named ``label_N``). With ``output``, writes
     ``metrics.csv``, ``summary.json`` and (``report``) ``report.html`` there.
     """
     reference, prediction = Path(reference), Path(prediction)
@@ -198,12 +199,12 @@ def write_outputs(out: Path, rows: list[dict], metric_names: Sequence[str], summ
     import json
     out.mkdir(parents=True, exist_ok=True)
     text = write_csv_text(rows, csv_columns(metric_names))
-    atomic_write(out / "metrics.csv", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "metrics.csv", lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace"))
     atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2, allow_nan=False)))
     if report:
         from stunet.evaluation.report import evaluation_report, read_quality
         page = evaluation_report(rows, metric_names, summary, read_quality(prediction))
-        atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8", errors="backslashreplace"))
 
 
 def print_progress(message: str) -> None:

@@ -9,7 +9,6 @@ its file name without the ending: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from stunet.clinical.dicom_seg import require  # the dicom extra, for DICOM-SEG label images
+from stunet.io.json_file import read_json
+from stunet.io.reader import DEFAULT_MAX_VOXELS, Image, read_image
 from stunet.labels import canonical
 
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.dcm", ".dcm")
@@ -138,19 +139,23 @@ def parse_labels(data: dict, source: str = "") -> LabelSet:
 def read_label_file(path: Path | str) -> LabelSet:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read labels ({type(e).__name__}: {e})") from None
     return parse_labels(data, str(path))
 
 
 def find_label_set(reference: Path, prediction: Path) -> LabelSet | None:
-    """Labels found beside the folders: the predictions' labels.json (stunet-predict), else a dataset.json of the
-    reference's dataset folder or of the predictions' trainer folder."""
+    """Labels found where the documented layouts keep them, and nowhere else: the predictions' labels.json
+    (stunet-predict), else the dataset.json of the reference's dataset folder (given, or holding the given
+    ``labelsTr``/``labelsTs``) or of the predictions' trainer folder (given, or holding the given
+    ``fold_N/validation``)."""
     reference, prediction = Path(reference), Path(prediction)
-    candidates = [prediction / "labels.json", prediction / "dataset.json", prediction.parent / "labels.json",
-                  reference / "dataset.json", reference.parent / "dataset.json", prediction.parent.parent /
-                  "dataset.json", reference / "labels.json"]
+    candidates = [prediction / "labels.json", prediction / "dataset.json", reference / "dataset.json"]
+    if reference.name in ("labelsTr", "labelsTs"):
+        candidates.append(reference.parent / "dataset.json")
+    if prediction.name == "validation" and prediction.parent.name.startswith("fold_"):
+        candidates.append(prediction.parent.parent / "dataset.json")
     for path in candidates:
         if path.is_file():
             return read_label_file(path)
@@ -161,12 +166,12 @@ def find_label_set(reference: Path, prediction: Path) -> LabelSet | None:
 @dataclass
 class LabelImage:
     array: np.ndarray  # integer labels, (z, y, x) as SimpleITK's arrays
-    image: sitk.Image  # geometry (and the voxels)
+    image: Image  # geometry (and the voxels)
 
     @property
     def spacing(self) -> tuple[float, ...]:
         """mm per axis in the array's order."""
-        return tuple(float(s) for s in reversed(self.image.GetSpacing()))
+        return tuple(float(s) for s in reversed(self.image.spacing))
 
 
 def _integers(array: np.ndarray, path: Path) -> np.ndarray:
@@ -215,31 +220,30 @@ def _read_dicom_seg(path: Path, labels: LabelSet | None) -> sitk.Image:
     return image
 
 
-def read_label_image(path: Path | str, labels: LabelSet | None = None) -> sitk.Image:
+def read_label_image(path: Path | str, labels: LabelSet | None = None) -> Image:
+    """A label image through the shared reader (:func:`stunet.io.reader.read_image`: 2D or 3D, at most
+    DEFAULT_MAX_VOXELS voxels, a plausible spacing), or a DICOM-SEG."""
     path = Path(path)
     split = split_name(path)
     if split and split[1] in DICOM_ENDINGS:
-        return _read_dicom_seg(path, labels)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: cannot read it as a label image ({str(e).strip().splitlines()[-1]})") from None
+        return Image.from_sitk(_read_dicom_seg(path, labels))
+    return read_image(path, DEFAULT_MAX_VOXELS, dimensions=(2, 3))
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
+def _same_grid(a: Image, b: Image, tolerance: float = 1e-3) -> bool:
     """Same size, spacing (to 0.1 %), direction (to 1e-3) and origin (to 5 % of a voxel): rounding in headers aside,
     the same voxels."""
-    if a.GetSize() != b.GetSize():
+    if a.array.shape != b.array.shape:
         return False
-    spacing_a, spacing_b = np.array(a.GetSpacing()), np.array(b.GetSpacing())
+    spacing_a, spacing_b = np.array(a.spacing), np.array(b.spacing)
     return (np.allclose(spacing_a, spacing_b, rtol=tolerance, atol=0)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=0.05 * float(spacing_a.min()))
-            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tolerance))
+            and np.allclose(a.origin, b.origin, rtol=0, atol=0.05 * float(spacing_a.min()))
+            and np.allclose(a.direction, b.direction, rtol=0, atol=tolerance))
 
 
-def _describe(image: sitk.Image) -> str:
-    return (f"size {image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, origin "
-            f"{tuple(round(o, 2) for o in image.GetOrigin())}")
+def _describe(image: Image) -> str:
+    return (f"size {tuple(reversed(image.array.shape))}, spacing {tuple(round(s, 4) for s in image.spacing)}, origin "
+            f"{tuple(round(o, 2) for o in image.origin)}")
 
 
 def read_pair(case: str, ref_path: Path, pred_path: Path, labels: LabelSet | None = None
@@ -248,19 +252,17 @@ def read_pair(case: str, ref_path: Path, pred_path: Path, labels: LabelSet | Non
     stunet-predict's do); one stored in another axis order or direction (a DICOM-SEG against a NIfTI) is reoriented
     to the reference's, voxel for voxel, and anything else is refused."""
     ref, pred = read_label_image(ref_path, labels), read_label_image(pred_path, labels)
-    if ref.GetDimension() != pred.GetDimension():
-        raise ValueError(f"case {case}: reference is {ref.GetDimension()}D, prediction {pred.GetDimension()}D")
-    if not _same_grid(ref, pred) and ref.GetDimension() == 3:
-        orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ref.GetDirection())
-        reoriented = sitk.DICOMOrient(pred, orientation)
+    if ref.array.ndim != pred.array.ndim:
+        raise ValueError(f"case {case}: reference is {ref.array.ndim}D, prediction {pred.array.ndim}D")
+    if not _same_grid(ref, pred) and ref.array.ndim == 3:
+        orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ref.direction)
+        reoriented = Image.from_sitk(sitk.DICOMOrient(pred.to_sitk(), orientation))
         if _same_grid(ref, reoriented):
             pred = reoriented
     if not _same_grid(ref, pred):
         raise ValueError(f"case {case}: the prediction ({pred_path.name}: {_describe(pred)}) is not on the "
                          f"reference's grid ({ref_path.name}: {_describe(ref)}); resample it to the reference first")
-    ref_array = _integers(sitk.GetArrayViewFromImage(ref), ref_path)
-    pred_array = _integers(sitk.GetArrayViewFromImage(pred), pred_path)
-    return LabelImage(ref_array, ref), LabelImage(pred_array, pred)
+    return LabelImage(_integers(ref.array, ref_path), ref), LabelImage(_integers(pred.array, pred_path), pred)
 
 
 def default_name(value: int) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from stunet.atomic import atomic_write
 from stunet.evaluation.pairing import (LabelSet, default_name, find_label_images, read_label_file,
@@ -48,6 +47,7 @@ def label_map_statistics(array: np.ndarray, spacing, names: dict[int, str] | Non
 
 
 def _names(folder: Path) -> dict[int, str] | None:
+    """The label names of the predictions folder itself (stunet-predict's labels.json, or a dataset.json there)."""
     for candidate in (folder / "labels.json", folder / "dataset.json"):
         if candidate.is_file():
             labels: LabelSet = read_label_file(candidate)
@@ -72,10 +72,10 @@ def report_predictions(folder: Path | str, output: Path | str | None = None, pro
         if case in statistics:
             continue
         image = read_label_image(path)
-        array = sitk.GetArrayViewFromImage(image)
+        array = image.array
         if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
             array = np.rint(array).astype(np.int32)
-        statistics[case] = label_map_statistics(array, tuple(reversed(image.GetSpacing())), names)
+        statistics[case] = label_map_statistics(array, tuple(reversed(image.spacing)), names)
         computed.append(case)
         if progress:
             progress(f"{case}: statistics computed from the label map")
@@ -85,5 +85,5 @@ def report_predictions(folder: Path | str, output: Path | str | None = None, pro
         target = target / "report.html"
     page = prediction_report(statistics, str(folder), computed)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    atomic_write(target, lambda tmp: tmp.write_text(page, encoding="utf-8", errors="backslashreplace"))
     return target

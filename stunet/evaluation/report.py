@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -23,8 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+from stunet.io.json_file import read_json
 from stunet.version import __version__
 
+MAX_STATISTICS_BYTES = 16 << 20  # a case.statistics.json of 1000 labels with every field is under 1 MiB
 QC_FIELDS = ("confidence", "uncertain_fraction", "components", "largest_component_fraction", "flag")
 WORST_PER_LABEL = 3
 
@@ -45,11 +46,12 @@ tr.flagged td { background: #fff1e6; }
 
 # -- reading what stunet-predict wrote ------------------------------------------------------------------------------
 def read_statistics(folder: Path | str) -> dict[str, dict[str, dict]]:
-    """case -> label name -> fields, from the folder's ``case.statistics.json`` files (unreadable ones skipped)."""
+    """case -> label name -> fields, from the folder's ``case.statistics.json`` files; unreadable ones, and any that
+    is not a regular file of bounded size (:func:`stunet.io.json_file.read_json`), are skipped."""
     out = {}
     for path in sorted(Path(folder).glob("*.statistics.json")):
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path, MAX_STATISTICS_BYTES)
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):

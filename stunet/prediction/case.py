@@ -6,9 +6,11 @@ A case is image files (one per channel), a DICOM series (a folder, a .zip or a s
 (SimpleITK, nibabel, or numpy arrays with ``spacing=``/``affine=``). In order:
 
 1. the input is checked before it is read in full: headers against their files, 3D scalar real voxels, spacing
-   finite and positive, the voxel budget as stored and at the model's spacing, with its memory estimate
-   (:mod:`.checks`, :mod:`.budget`); a DICOM series is checked slice by slice (:mod:`stunet.clinical.dicom`);
-2. it is read into the plans' reader output (nnU-Net's reader for files, :mod:`.images` for the rest);
+   finite and plausible, the voxel budget as stored and at the model's spacing, with its memory estimate
+   (:mod:`.checks`, :mod:`.budget`, the shared reader :mod:`stunet.io.reader`); a DICOM series is checked slice by
+   slice (:mod:`stunet.clinical.dicom`);
+2. it is read into the plans' reader output: a file's voxels once by the shared reader where the plans' reader is
+   nnU-Net's SimpleITK one (the same output), else by the plans' reader; :mod:`.images` for the rest;
 3. its values are checked (:func:`.checks.check_values`: no content is refused; isolated NaN/inf voxels are replaced by
    the image's minimum and the replacement is returned as a note);
 4. nnU-Net's preprocessing, the blended sliding window and the export onto the input's grid (the engine's
@@ -35,11 +37,10 @@ from stunet.clinical.quality import quality
 from stunet.errors import CaseError
 from stunet.paths import itk_readable
 from stunet.prediction.budget import VoxelBudget
-from stunet.prediction.checks import check_files, check_sitk_images, check_values
+from stunet.prediction.checks import check_files, check_sitk_images, check_values, open_files
 from stunet.prediction.discovery import Case, has_image_ending, is_dicom_file
 from stunet.prediction.export import ConfidenceTally
-from stunet.prediction.headers import nifti_form_note, nifti_nonfinite
-from stunet.prediction.images import array_to_sitk, is_nibabel, nibabel_to_sitk, reader_output
+from stunet.prediction.images import array_to_sitk, files_reader_output, is_nibabel, nibabel_to_sitk, reader_output
 
 
 @dataclass
@@ -75,29 +76,26 @@ def _is_dicom_source(path: Path) -> bool:
 
 
 def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -> _Read:
-    readable = [itk_readable(f, workdir) for f in files]
-    check_files(readable, budget, shown=files)
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    if engine.model.plans_manager.image_reader_writer_class is SimpleITKIO:  # each file's voxels read once, here
+        image, properties, notes = files_reader_output(open_files(files, budget, workdir))
+        return _Read(image, properties, [str(f) for f in files], notes=notes)
+    opened = check_files(files, budget, workdir)
+    links = [f.link for f in opened]
     try:
-        image, properties = engine.read_files(readable)
+        image, properties = engine.read_files(links)
+        notes = [note for f in opened if "sitk_stuff" in properties and (note := f.form_note())]
     except Exception as e:  # nnU-Net's readers raise bare errors: name the file that fails alone
-        for path, link in zip(files, readable):
+        for path, link in zip(files, links):
             try:
                 engine.read_files([link])
             except Exception as single:
                 raise CaseError(f"{path}: cannot read it ({str(single).strip()[:200] or type(single).__name__})"
                                 ) from single
         raise CaseError(f"{files[0]}: cannot read the case ({e})") from e
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    if engine.model.plans_manager.image_reader_writer_class is SimpleITKIO:
-        for channel, path in zip(image, readable):  # ITK reads NaN/inf NIfTI voxels as 0: checked like others
-            hidden = nifti_nonfinite(path)
-            if hidden is not None and hidden.shape == channel.shape:
-                channel[hidden] = np.nan
-    notes = []
-    for path, link in zip(files, readable):  # qform and sform that disagree: which one ITK followed, recorded
-        note = nifti_form_note(link, properties["sitk_stuff"]) if "sitk_stuff" in properties else None
-        if note:
-            notes.append(note.replace(str(link), str(path), 1))
+    finally:
+        for f in opened:
+            f.close()
     return _Read(image, properties, [str(f) for f in files], notes=notes)
 
 

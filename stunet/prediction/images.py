@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import numpy as np
 
 from stunet.errors import CaseError
+from stunet.io.reader import ImageFile
 from stunet.prediction.checks import check_image
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # nibabel's RAS+ world <-> ITK's LPS+ world
@@ -24,13 +25,36 @@ def is_nibabel(image) -> bool:
     return hasattr(image, "affine") and hasattr(image, "dataobj")
 
 
+def _properties(spacing, origin, direction) -> dict:
+    """The properties nnU-Net's ``SimpleITKIO.read_images`` gives for a 3D file of this geometry."""
+    return {"sitk_stuff": {"spacing": spacing, "origin": origin, "direction": direction},
+            "spacing": list(np.abs(list(spacing)[::-1]))}
+
+
 def sitk_properties(image: sitk.Image) -> tuple[np.ndarray, dict]:
     """(channels, z, y, x) float32 array and the properties nnU-Net's ``SimpleITKIO.read_images`` gives for a file
     holding ``image`` (3D, scalar: :func:`stunet.prediction.checks.check_image` has checked it)."""
-    spacing = image.GetSpacing()
-    properties = {"sitk_stuff": {"spacing": spacing, "origin": image.GetOrigin(), "direction": image.GetDirection()},
-                  "spacing": list(np.abs(list(spacing)[::-1]))}
+    properties = _properties(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     return sitk.GetArrayFromImage(image)[None].astype(np.float32), properties
+
+
+def files_reader_output(opened: Sequence[ImageFile]) -> tuple[np.ndarray, dict, list[str]]:
+    """What nnU-Net's ``SimpleITKIO.read_images`` gives for checked channel files (one float32 array, channels first,
+    and the first file's geometry), each file's voxels read once by :meth:`stunet.io.reader.ImageFile.read` (NaN and
+    infinite NIfTI voxels kept, where ITK reads 0), and the reader's notes."""
+    array = np.empty((len(opened), *reversed(opened[0].size)), dtype=np.float32)
+    notes, geometry = [], None
+    try:
+        for channel, image in zip(array, opened):
+            read = image.read()
+            channel[...] = read.array
+            notes += read.notes
+            geometry = geometry or (read.spacing, read.origin, read.direction)
+            del read
+    finally:
+        for image in opened:
+            image.close()
+    return array, _properties(*geometry), notes
 
 
 def nibabel_to_sitk(image, name: str = "the image") -> sitk.Image:

@@ -3,7 +3,8 @@
 The voxel data a header declares (size x components x bytes per component) must be there, counted on disk for raw
 data and by a bounded streaming decompression for compressed data (.nii.gz, gzip/bzip2 NRRD, compressed MetaImage):
 ITK reads a truncated or header-only NIfTI file without an error, filling the missing voxels with zeros. The NIfTI
-pixdim is read here too, since ITK silently replaces a zero or NaN one by 1.
+pixdim is read here too, since ITK silently replaces a zero or NaN one by 1, and so are the data files a NRRD or
+MetaImage header names, which must lie in the header's own folder.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from pathlib import Path
 import re
 import struct
 import zlib
-
-import numpy as np
 
 from stunet.errors import CaseError
 
@@ -243,57 +242,6 @@ def header_spacing(path: Path) -> tuple | None:
     except (OSError, zlib.error, CaseError):
         return None  # check_data_size names the problem
     return layout.spacing if layout else None
-
-
-def nifti_nonfinite(path: Path) -> np.ndarray | None:
-    """Where a floating-point NIfTI file holds NaN or infinite voxels, as a boolean array in ITK's (z, y, x) order:
-    ITK's NIfTI reader reads them as 0 without a word, which would segment made-up values. None when the file is not a
-    floating-point NIfTI or holds none (integer files cannot hold them; reading costs one pass over a float file)."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return None
-    import nibabel as nib
-    try:
-        image = nib.load(str(path))
-        if image.get_data_dtype().kind != "f":
-            return None
-        bad = ~np.isfinite(np.asanyarray(image.dataobj))
-    except Exception:  # nibabel cannot read what ITK could: no second opinion on the values
-        return None
-    if bad.ndim != 3 or not bad.any():
-        return None
-    return bad.transpose(2, 1, 0)
-
-
-def nifti_form_note(path: Path, sitk_stuff: dict) -> str | None:
-    """A note when a NIfTI file's qform and sform place the image differently (by more than 0.01 mm at a corner):
-    the segmentation is written where ITK reads the image (its reading is stated in the note, and recorded), which other
-    tools that prefer the other form show elsewhere. None when they agree, or one of them is unset."""
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return None
-    import nibabel as nib
-    try:
-        header = nib.load(str(path)).header
-        qform, qcode = header.get_qform(coded=True)
-        sform, scode = header.get_sform(coded=True)
-    except Exception:  # nibabel cannot read what ITK could: nothing to compare
-        return None
-    if not qcode or not scode:
-        return None
-    shape = np.array(header.get_data_shape()[:3]) - 1
-    corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])]).T
-    apart = float(np.abs((qform - sform) @ corners).max())
-    if apart <= 0.01:
-        return None
-    spacing = np.asarray(sitk_stuff["spacing"], dtype=float)
-    direction = np.asarray(sitk_stuff["direction"], dtype=float).reshape(3, 3)
-    itk = np.eye(4)
-    itk[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ direction @ np.diag(spacing)  # LPS -> RAS, nibabel's convention
-    itk[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(sitk_stuff["origin"], dtype=float)
-    follows = ("the sform" if np.abs((itk - sform) @ corners).max() <= 0.01 else
-               "the qform" if np.abs((itk - qform) @ corners).max() <= 0.01 else
-               "neither alone (origin and direction from one, spacing from pixdim)")
-    return (f"{path}: its qform and sform place the image up to {apart:.3g} mm apart; it is segmented and written as "
-            f"ITK reads it, which follows {follows}")
 
 
 def _named_data_files(path: Path, head: bytes) -> list[str]:
