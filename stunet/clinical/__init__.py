@@ -1,4 +1,5 @@
-"""Clinical I/O: DICOM series as inputs (:mod:`.dicom`), DICOM-SEG as output (:mod:`.dicom_seg`), per-label
+"""Clinical I/O: DICOM series as inputs (:mod:`.dicom`; its headers, pixel data and zips in :mod:`.dicom_headers`,
+:mod:`.dicom_pixels`, :mod:`.dicom_zip`), DICOM-SEG as output (:mod:`.dicom_seg`), per-label
 statistics (:mod:`.statistics`), quality control without labels (:mod:`.quality`) and preview pictures
 (:mod:`.preview`). Each works on arrays and files alone, with no model.
 
