@@ -24,6 +24,7 @@ import zipfile
 import numpy as np
 import torch
 
+from stunet.archives import ZipLimits, ZipRefused, check_zip_sizes
 from stunet.errors import CheckpointError
 from stunet.weights.pickle_guard import PickleRefused, constant, inspect_pickle
 from stunet.weights.plain import plain_data
@@ -70,7 +71,8 @@ MAX_PICKLE_BYTES = 256 * MIB  # a .pkl file, or the data.pkl of a torch archive 
 MAX_ARCHIVE_BYTES = 64 << 30  # all members of a torch archive, uncompressed (the largest release: 1.6 GB)
 
 
-MAX_COMPRESSION_RATIO = 100  # deflated archive members (torch writes them stored; deflate reaches 1000x on zeros)
+MAX_COMPRESSION_RATIO = 100  # each member and the whole archive (torch stores members; deflate reaches 1000x on zeros)
+ARCHIVE_LIMITS = ZipLimits(MAX_ARCHIVE_BYTES, MAX_COMPRESSION_RATIO, ratio_from_bytes=MIB)
 
 
 _TORCH_MAGIC = 0x1950a86a20f9469cfc6c  # the first pickle of a legacy (non-zip) torch file
@@ -121,7 +123,6 @@ def _check_archive(path: Path, size: int, trust: bool) -> None:
             if not infos or "/" not in infos[0].filename:
                 raise CheckpointError(f"{path}: a zip archive but not a PyTorch checkpoint (no <name>/data.pkl)")
             members = {info.filename: info for info in infos}
-            total = 0
             for info in infos:
                 if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     raise CheckpointError(f"{path}: archive member {info.filename} uses compression method "
@@ -129,14 +130,10 @@ def _check_archive(path: Path, size: int, trust: bool) -> None:
                 if info.header_offset + info.compress_size > size:
                     raise CheckpointError(f"{path}: archive member {info.filename} ends past the end of the file "
                                           f"(truncated or damaged)")
-                if info.compress_type == zipfile.ZIP_DEFLATED and \
-                        info.file_size > MAX_COMPRESSION_RATIO * info.compress_size + MIB:
-                    raise CheckpointError(f"{path}: archive member {info.filename} expands {info.compress_size:,} "
-                                          f"bytes into {info.file_size:,} (a zip bomb?); refused")
-                total += info.file_size
-            if total > MAX_ARCHIVE_BYTES:
-                raise CheckpointError(f"{path}: the archive expands to {total / (1 << 30):.1f} GiB, over the "
-                                      f"{MAX_ARCHIVE_BYTES >> 30} GiB limit")
+            try:
+                check_zip_sizes(infos, ARCHIVE_LIMITS)
+            except ZipRefused as e:
+                raise CheckpointError(f"{path}: {e}; refused") from None
             prefix = infos[0].filename.split("/", 1)[0]
             pkl = members.get(f"{prefix}/data.pkl")
             if pkl is None:
