@@ -186,7 +186,8 @@ def test_a_missing_or_misshapen_tensor_is_one_line_naming_file_and_tensor(small_
 
 def test_a_second_release_of_a_size_is_supported_and_ambiguity_is_named(small_105, tmp_path):
     from stunet.nnunet.convert import nnunet_v2_parts
-    from stunet.weights.pretrained import (get_pretrained_config, register_pretrained_config, released_config_for, unregister_pretrained_config)
+    from stunet.weights.loading import Weights
+    from stunet.weights.pretrained import get_pretrained_config, register_pretrained_config, unregister_pretrained_config
 
     base = get_pretrained_config("stunet_small.totalseg104")
     fixture = {"name": "stunet_small.organs3", "model": "stunet_small", "description": "a fixture release",
@@ -202,7 +203,7 @@ def test_a_second_release_of_a_size_is_supported_and_ambiguity_is_named(small_10
         torch.manual_seed(1)
         organs = stunet.create_model("stunet_small.organs3").state_dict()
         checkpoint = load_checkpoint(write_v1(organs, tmp_path / "organs.model"))
-        assert released_config_for(checkpoint).name == "stunet_small.organs3"  # told apart by the class count
+        assert Weights.of(checkpoint).release().name == "stunet_small.organs3"  # told apart by the class count
         _, plans, dataset_json = nnunet_v2_parts(checkpoint)
         assert dataset_json["labels"] == {"background": 0, "liver": 1, "spleen": 2, "pancreas": 3}
         model = stunet.create_model("stunet_small.organs3", pretrained=checkpoint.path)
@@ -210,7 +211,7 @@ def test_a_second_release_of_a_size_is_supported_and_ambiguity_is_named(small_10
         # the same classes twice: conversion refuses to guess and names both
         register_pretrained_config({**fixture, "name": "stunet_small.organs3b"})
         with pytest.raises(ValueError, match="stunet_small.organs3, stunet_small.organs3b"):
-            released_config_for(checkpoint)
+            Weights.of(checkpoint).release()
     finally:
         unregister_pretrained_config("stunet_small.organs3")
         unregister_pretrained_config("stunet_small.organs3b")

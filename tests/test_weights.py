@@ -149,10 +149,10 @@ def test_a_file_of_another_class_count_is_not_taken_for_the_release(release, tmp
 # -- checksums -------------------------------------------------------------------------------------------------------
 def test_a_file_other_than_the_known_checksum_is_refused_and_never_loaded(hub, monkeypatch):
     """The shipped STU-Net-S config has the published SHA-256: a fabricated file on the Hub is refused."""
-    from stunet.weights import pretrained
+    from stunet.weights import loading
     hub.add("ziyanhuang/STU-Net", "small_ep4k.model", b"not the released weights")
     loaded = []
-    monkeypatch.setattr(pretrained, "load_checkpoint", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(loading, "load_checkpoint", lambda *a, **k: loaded.append(a))
     with pytest.raises(WeightsError) as error:
         stunet.create_model("stunet_small.totalseg104", pretrained=True)
     message = str(error.value)

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from stunet.errors import CheckpointError
-from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.loading import read_weights
 from stunet.cli.errors import cli_entry
 from stunet.nnunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
 from stunet.weights.pretrained import list_pretrained
@@ -60,15 +60,15 @@ def main(argv=None) -> None:
         parser.exit(2, f"stunet-convert: error: {', '.join(map(str, existing))} exist(s); pass --overwrite to "
                        f"replace {'it' if len(existing) == 1 else 'them'}\n")
     try:
-        checkpoint = load_checkpoint(args.input, trust=args.trust_checkpoint)
+        weights = read_weights(args.input, trust=args.trust_checkpoint)
         if out.suffix == ".pth":
-            write_nnunet_checkpoint(checkpoint, out, args.pretrained)
+            write_nnunet_checkpoint(weights, out, args.pretrained)
         elif out.suffix == ".safetensors":
-            write_safetensors(checkpoint, out, args.pretrained)
+            write_safetensors(weights, out, args.pretrained)
         else:
-            write_model_folder(checkpoint, out, args.pretrained)
+            write_model_folder(weights, out, args.pretrained)
     except (CheckpointError, ValueError) as e:
         parser.exit(1, f"stunet-convert: error: {e}\n")
-    print(f"read {args.input} ({checkpoint.format}, {len(checkpoint.state_dict)} tensors)", file=sys.stderr)
+    print(f"read {args.input} ({weights.checkpoint.format}, {len(weights.state_dict)} tensors)", file=sys.stderr)
     for path in targets:
         print(f"wrote {path}")

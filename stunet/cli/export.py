@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 def load_for_export(args, parser):
     """The Model to export (one network) for MODEL and the options."""
     from stunet.prediction.model import load_model_folder, load_pretrained
-    from stunet.weights.checkpoint import load_checkpoint
-    from stunet.weights.pretrained import list_pretrained, released_config_for
+    from stunet.weights.loading import read_weights
+    from stunet.weights.pretrained import list_pretrained
 
     source = Path(args.model)
     if args.model in list_pretrained():
@@ -67,7 +67,7 @@ def load_for_export(args, parser):
         if source.parent.name.startswith("fold_") and (folder / "plans.json").is_file():
             return load_model_folder(folder, [source.parent.name[len("fold_"):]], source.name,
                                      trust=args.trust_checkpoint)
-        config = released_config_for(load_checkpoint(source, trust=args.trust_checkpoint))
+        config = read_weights(source, trust=args.trust_checkpoint).release()
         if config is None:
             raise CheckpointError(f"{source}: neither in an nnU-Net model folder (fold_N/ beside plans.json) nor a "
                                   f"released model's checkpoint; give the model folder with -f FOLD, or the release's "

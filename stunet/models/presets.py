@@ -6,11 +6,12 @@ dimensionality can be built from a preset.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Mapping
+from typing import Iterator, NamedTuple, Sequence
 
 from stunet.models.config import IntOrSeq
 from stunet.models.network import STUNet
-from stunet.models.registry import register_model
+from stunet.models.registry import list_models, model_info, register_model
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
 MAX_WIDTH_FACTOR = 16
@@ -22,8 +23,24 @@ class Preset(NamedTuple):
     size: str  # the size word of its trainers: STUNetTrainer_<size>
 
 
-#: preset name -> its layout and size word, filled by @preset
-PRESETS: dict[str, Preset] = {}
+class _Presets(Mapping):
+    """Preset name -> :class:`Preset`: the registered models that carry a preset's layout (:func:`preset`), read
+    from the model registry (no table of its own)."""
+
+    def __getitem__(self, name: str) -> Preset:
+        info = model_info(name) if name in list_models() else {}
+        if not all(key in info for key in Preset._fields):
+            raise KeyError(name)
+        return Preset(*(info[key] for key in Preset._fields))
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in list_models() if all(key in model_info(name) for key in Preset._fields))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+PRESETS: Mapping[str, Preset] = _Presets()
 
 
 def preset_widths(base_width: int, n_stages: int) -> list[int]:
@@ -47,11 +64,8 @@ def build_stunet(depth: int, base_width: int, *, in_channels: int = 1, num_class
 
 
 def preset(depth: int, base_width: int, size: str):
-    """Register a builder as a model and as a preset of ``depth`` blocks per stage and ``base_width`` channels."""
-    def register(fn):
-        PRESETS[fn.__name__] = Preset(depth, base_width, size)
-        return register_model(fn)
-    return register
+    """Register a builder as a model that is a preset of ``depth`` blocks per stage and ``base_width`` channels."""
+    return register_model(**Preset(depth, base_width, size)._asdict())
 
 
 def preset_of(depths: Sequence[int], widths: Sequence[int]) -> str | None:

@@ -14,19 +14,24 @@ from stunet.weights.checkpoint import Checkpoint
 from stunet.errors import CheckpointError
 from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
 from stunet.models.presets import PRESETS, preset_of
-from stunet.weights.pretrained import released_config_for, source_labels
-from stunet.weights.transfer import IncompatibleWeightsError, architecture_of, check_state_dict, describe
+from stunet.weights.loading import Weights
+from stunet.weights.transfer import describe
 
-def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
-    """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint."""
-    try:
-        arch = check_state_dict(checkpoint.state_dict)
-    except IncompatibleWeightsError as e:
-        raise CheckpointError(f"{checkpoint.path}: {e}") from e
+
+def _weights(checkpoint: Checkpoint | Weights) -> Weights:
+    return checkpoint if isinstance(checkpoint, Weights) else Weights.of(checkpoint)
+
+
+def nnunet_v2_parts(checkpoint: Checkpoint | Weights,
+                    pretrained: str | None = None) -> tuple[dict, dict | None, dict | None]:
+    """(checkpoint dict as nnU-Net v2 saves it, plans, dataset.json) for any readable checkpoint (read by
+    :func:`stunet.weights.loading.read_weights`, which also gives its mirroring axes)."""
+    weights = _weights(checkpoint)
+    weights.check_complete()
+    checkpoint, arch = weights.checkpoint, weights.architecture
     plans, dataset_json, trainer = checkpoint.plans, checkpoint.dataset_json, checkpoint.trainer_name
-    mirroring = checkpoint.mirroring_axes
     if checkpoint.format != "nnunet-v2":
-        config = released_config_for(checkpoint, pretrained)
+        config = weights.release(pretrained)
         if config is not None:
             config = config.completed(checkpoint.plans, f"{checkpoint.path}.pkl")
             missing = config.missing_for_prediction()
@@ -42,40 +47,41 @@ def nnunet_v2_parts(checkpoint: Checkpoint, pretrained: str | None = None) -> tu
             plans = dataset_json = None
             preset = preset_of(arch["depths"], arch["widths"])
             trainer = f"STUNetTrainer_{PRESETS[preset].size}" if preset else None
-        mirroring = tuple(range(len(arch["kernel_sizes"][0])))
     saved = {"network_weights": checkpoint.state_dict, "optimizer_state": None, "grad_scaler_state": None,
              "logging": None, "_best_ema": None, "current_epoch": 0, "trainer_name": trainer,
              "init_args": {"plans": plans, "configuration": checkpoint.configuration or CONFIGURATION, "fold": "all",
                            "dataset_json": dataset_json, "device": "cpu"},
-             "inference_allowed_mirroring_axes": mirroring}
+             "inference_allowed_mirroring_axes": weights.mirror_axes}
     return saved, plans, dataset_json
 
 
-def write_nnunet_checkpoint(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> None:
+def write_nnunet_checkpoint(checkpoint: Checkpoint | Weights, out: Path, pretrained: str | None = None) -> None:
     saved, _, _ = nnunet_v2_parts(checkpoint, pretrained)
     atomic_write(out, lambda tmp: torch.save(saved, tmp))
 
 
-def write_model_folder(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> None:
+def write_model_folder(checkpoint: Checkpoint | Weights, out: Path, pretrained: str | None = None) -> None:
     """``out/plans.json``, ``out/dataset.json`` and ``out/fold_all/checkpoint_final.pth``."""
-    saved, plans, dataset_json = nnunet_v2_parts(checkpoint, pretrained)
+    weights = _weights(checkpoint)
+    saved, plans, dataset_json = nnunet_v2_parts(weights, pretrained)
     if plans is None or dataset_json is None:
-        raise ValueError(f"{checkpoint.path}: the checkpoint does not say its preprocessing and labels (not an "
+        raise ValueError(f"{weights.path}: the checkpoint does not say its preprocessing and labels (not an "
                          f"nnU-Net v2 checkpoint nor a released architecture); name them with --pretrained NAME")
     for name, content in (("plans.json", plans), ("dataset.json", dataset_json)):
         atomic_write(out / name, lambda tmp, c=content: tmp.write_text(json.dumps(c, indent=2)))
     atomic_write(out / "fold_all" / "checkpoint_final.pth", lambda tmp: torch.save(saved, tmp))
 
 
-def write_safetensors(checkpoint: Checkpoint, out: Path, pretrained: str | None = None) -> Path:
+def write_safetensors(checkpoint: Checkpoint | Weights, out: Path, pretrained: str | None = None) -> Path:
     """``out`` (.safetensors, metadata included) and its JSON config beside it; returns the config's path."""
     from safetensors.torch import save_file
 
-    arch = architecture_of(checkpoint.state_dict)
-    config = released_config_for(checkpoint, pretrained)
+    weights = _weights(checkpoint)
+    checkpoint, arch = weights.checkpoint, weights.architecture
+    config = weights.release(pretrained)
     if config is not None:
         config = config.completed(checkpoint.plans, f"{checkpoint.path}.pkl")
-    labels = source_labels(checkpoint) or (config.labels if config else None)
+    labels = weights.labels(config)
     description = {"model": describe(arch), "architecture": {**arch, **(
         {"strides": config.architecture["strides"]} if config and "strides" in config.architecture else {})},
         "labels": labels, "pretrained": config.name if config else None, "converted_from": checkpoint.format}

@@ -6,9 +6,8 @@ Each trainer is nnU-Net's own ``nnUNetTrainer``; what STU-Net changes:
 
 - the network: from STU-Net plans (``-p STUNetPlans_<size>``, see :mod:`stunet.nnunet.network`) nnU-Net's
   ``get_network_from_plans`` builds what the plans say; from nnU-Net's own plans, the published layout of the size;
-- ``-pretrained_weights``: any supported checkpoint, read safely (:mod:`stunet.weights.checkpoint`) and moved into the
-  network by :func:`stunet.weights.transfer.transfer_weights` with a report in the log (see
-  :mod:`stunet.nnunet.finetune`);
+- ``-pretrained_weights``: any supported checkpoint, read safely and moved into the network by
+  :func:`stunet.weights.loading.load_pretrained` with a report in the log (see :mod:`stunet.nnunet.finetune`);
 - the parts below: learning rates and what trains, augmentation, schedule.
 
 What trains and how long is in the trainer name; the network and its activation checkpointing in the plans. The
@@ -29,7 +28,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from stunet import settings as stunet_settings
 from stunet.errors import CheckpointError
-from stunet.weights.checkpoint import load_checkpoint
 from stunet.cpu_memory import freed_memory_reused
 from stunet.nnunet.finetune import (PolyLRPerGroup, close_pretrained_route, open_pretrained_route, parameter_groups,
                                     unwrap)
@@ -37,8 +35,7 @@ from stunet.labels import load_label_map, name_map_of
 from stunet.nnunet.network import (build_for_configuration, build_from_plans, deep_supervision_scales,
                                    is_stunet_configuration, network_strides)
 from stunet.models.presets import PRESETS, preset_of
-from stunet.weights.pretrained import source_labels
-from stunet.weights.transfer import IncompatibleWeightsError, transfer_weights
+from stunet.weights.loading import load_pretrained
 
 #: the plans configuration entry naming a label map for label-aware fine-tuning (``stunet-plans --label-map``)
 PLANS_LABEL_MAP = "stunet_label_map"
@@ -192,29 +189,26 @@ class STUNetTrainer(nnUNetTrainer):
         """``-pretrained_weights``: any supported checkpoint, read safely, transferred with a report in the log. A
         released model's name (``stunet_large.totalseg104``) instead of a file takes its weights from the cache,
         downloading them on first use (:func:`stunet.weights.hub.weights_path`)."""
-        shown = path
+        shown, release = path, None
         if not os.path.exists(path):
             from stunet.weights.pretrained import get_pretrained_config, list_pretrained
-            from stunet.weights.hub import weights_path
             if path not in list_pretrained():
                 raise CheckpointError(f"{path}: no such checkpoint file, nor the name of a released model "
                                       f"({', '.join(list_pretrained())})")
-            path = str(weights_path(get_pretrained_config(path)))
-            shown = f"{shown} ({path})"
-        checkpoint = load_checkpoint(path, trust=self.stunet_options["trust_checkpoint"][0])
+            release = get_pretrained_config(path)
         labels = self.dataset_json["labels"]
         target = None if any(isinstance(v, (list, tuple)) for v in labels.values()) else {
             v: k for k, v in labels.items() if v != self.label_manager.ignore_label}
         label_map = self.stunet_options["label_map"][0]
         name_map = name_map_of(load_label_map(label_map)) if label_map else None
-        source = source_labels(checkpoint)
-        try:
-            self.pretrained_report = transfer_weights(unwrap(self.network), checkpoint.state_dict, source, target,
-                                                      name_map)
-        except IncompatibleWeightsError as e:
-            raise CheckpointError(f"{path}: {e} (trainer {type(self).__name__})") from None
-        self.print_to_log_file(f"Loaded pretrained weights from {shown} ({checkpoint.format})\n"
-                               + self.pretrained_report.summary(target, source), also_print_to_console=True)
+        report = load_pretrained(unwrap(self.network), release, True if release else path,
+                                 trust=self.stunet_options["trust_checkpoint"][0], target_labels=target,
+                                 name_map=name_map, network=f"trainer {type(self).__name__}")
+        if release is not None:
+            shown = f"{shown} ({report.path})"
+        self.pretrained_report = report.transfer
+        self.print_to_log_file(f"Loaded pretrained weights from {shown} ({report.format})\n" + report.summary(target),
+                               also_print_to_console=True)
 
     def on_train_start(self):
         try:

@@ -1,5 +1,6 @@
 """What a prediction needs, loaded once: networks (one per fold), nnU-Net's plans and the labels, from an nnU-Net v2
-model folder or a released model.
+model folder or a released model. Both load their weights through :func:`stunet.weights.loading.load_pretrained`, which
+also gives the test-time mirroring axes (the same for a released model and its converted model folder).
 """
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from stunet.errors import CheckpointError
 from stunet.models.network import STUNet
-from stunet.weights.checkpoint import load_checkpoint
+from stunet.weights.loading import load_pretrained as load_weights, read_weights
 from stunet.weights.plain import read_json_file
-from stunet.weights.transfer import IncompatibleWeightsError, check_tensors
 
 
 @dataclass
@@ -94,21 +94,18 @@ def load_model_folder(folder: str | Path, folds: Sequence[str] | None = None,
     plans_manager = PlansManager(plans)
     networks, configuration, mirror_axes, trainer_name = [], None, None, None
     for fold in folds:
-        checkpoint = load_checkpoint(folder / f"fold_{fold}" / checkpoint_name, trust=trust)
+        weights = read_weights(folder / f"fold_{fold}" / checkpoint_name, trust=trust)
         if configuration is None:
-            configuration, trainer_name = checkpoint.configuration, checkpoint.trainer_name
-            mirror_axes = checkpoint.mirroring_axes
+            configuration, trainer_name = weights.checkpoint.configuration, weights.checkpoint.trainer_name
             if configuration not in plans["configurations"] or not trainer_name:
-                raise CheckpointError(f"{checkpoint.path}: trained as configuration {configuration!r} with trainer "
+                raise CheckpointError(f"{weights.path}: trained as configuration {configuration!r} with trainer "
                                       f"{trainer_name!r}, which {folder / 'plans.json'} does not describe (plans: "
                                       f"{', '.join(plans['configurations'])})")
         network = _build_from_trainer(trainer_name, plans_manager, configuration, dataset_json)
-        try:
-            check_tensors(checkpoint.state_dict, network.state_dict(), exact=True)
-        except IncompatibleWeightsError as e:
-            raise CheckpointError(f"{checkpoint.path}: {e} (network of {trainer_name} for {folder / 'plans.json'})"
-                                  ) from None
-        network.load_state_dict(checkpoint.state_dict)
+        report = load_weights(network, None, weights, exact=True,
+                              network=f"network of {trainer_name} for {folder / 'plans.json'}")
+        if not networks:
+            mirror_axes = report.mirror_axes
         networks.append(network)
     return Model(networks, plans, configuration, dataset_json, mirror_axes,
                  f"{folder} ({trainer_name}, {configuration}, folds {', '.join(map(str, folds))})",
@@ -120,17 +117,16 @@ def load_pretrained(name: str, checkpoint: str | Path | None = None, trust: bool
     on first use, see stunet.weights.hub), with no nnU-Net folders involved."""
     from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
     from stunet.weights.factory import create_model
-    from stunet.weights.hub import weights_path
     from stunet.weights.pretrained import get_pretrained_config
 
     config = get_pretrained_config(name)
-    checkpoint = Path(checkpoint) if checkpoint else weights_path(config)
-    network = create_model(config.name, pretrained=str(checkpoint), trust_checkpoint=trust, deep_supervision=False)
-    config = network.pretrained_config  # completed from the checkpoint's companion plans where the config is not
+    network = create_model(config.name, pretrained=str(checkpoint) if checkpoint else True, trust_checkpoint=trust,
+                           deep_supervision=False)
+    config, report = network.pretrained_config, network.load_report  # completed from the companion plans
     missing = config.missing_for_prediction()
     if missing:
         raise CheckpointError(f"{config.name}: {', '.join(missing)} not known without the companion "
-                              f"{config.companion_file} beside {checkpoint} (its nnU-Net v1 plans); put it there")
+                              f"{config.companion_file} beside {report.path} (its nnU-Net v1 plans); put it there")
     plans = plans_for_pretrained(config, dataset_name=config.name, num_channels=config.in_channels)
-    return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), (0, 1, 2),
-                 f"{config.name} from {checkpoint}", [checkpoint])
+    return Model([network], plans, CONFIGURATION, dataset_json_for_pretrained(config), report.mirror_axes,
+                 f"{config.name} from {report.path}", [report.path])

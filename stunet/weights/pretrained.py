@@ -4,7 +4,8 @@ A config names the weights (``stunet_large.totalseg104``: registered model ``stu
 says everything needed to use them apart from the weights themselves: the architecture's arguments, the preprocessing,
 the label names, which tensors read the input channels and which are the classifier, the checkpoint's file names and
 format, where to get it and its checksum when known. Everything that needs to know about released models (building
-them, weight transfer, conversion, prediction) reads these objects; nothing parses model names.
+them, weight transfer, conversion, prediction) reads these objects; nothing parses model names. Model names are the
+registry's (:mod:`stunet.models.registry`); a release is looked up by one function, :func:`get_pretrained_config`.
 
 A value a config cannot state (the strides, preprocessing or label names of a release whose plans were not published)
 is written ``"unknown"`` in the JSON and listed in ``config.unknown``; :meth:`PretrainedConfig.completed` fills it from
@@ -17,21 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
 
 from stunet import settings
 from stunet.errors import CheckpointError
-from stunet.weights.checkpoint import Checkpoint, load_checkpoint
 from stunet.models.config import STUNetConfig
 from stunet.models.registry import list_models, model_builder
-from stunet.weights.transfer import CLASSIFIER, FIRST_LAYER, IncompatibleWeightsError, architecture_of, transfer_weights
+from stunet.weights.transfer import CLASSIFIER, FIRST_LAYER
 
 
 @dataclass(frozen=True)
@@ -256,9 +252,9 @@ def get_pretrained_config(name: str) -> PretrainedConfig:
     raise ValueError(f"no released weights called {name!r}; known: {', '.join(configs)}")
 
 
-def configs_matching(state_dict) -> list[PretrainedConfig]:
-    """The released models whose architecture (depths, widths, kernels, channels, classes) a state_dict has."""
-    arch = architecture_of(state_dict)
+def configs_matching(arch: dict) -> list[PretrainedConfig]:
+    """The released models of an architecture (depths, widths, kernels, channels and classes, as
+    :func:`stunet.weights.transfer.architecture_of` gives them)."""
     found = []
     for config in _configs().values():
         net = config.network_config()
@@ -267,81 +263,3 @@ def configs_matching(state_dict) -> list[PretrainedConfig]:
                                      arch["num_classes"]):
             found.append(config)
     return found
-
-
-def released_config_for(checkpoint: Checkpoint, name: str | None = None) -> PretrainedConfig | None:
-    """The released model named ``name``, or the only one whose architecture the checkpoint has (None if none;
-    a ValueError listing the candidates if several)."""
-    if name:
-        return get_pretrained_config(name)
-    matches = configs_matching(checkpoint.state_dict)
-    if len(matches) > 1:
-        raise ValueError(f"{checkpoint.path}: the weights fit {len(matches)} released models "
-                         f"({', '.join(c.name for c in matches)}); name one with --pretrained")
-    return matches[0] if matches else None
-
-
-def source_labels(checkpoint: Checkpoint) -> dict[int, str] | None:
-    """The class names of a checkpoint's outputs: from the file, else from the released models of its architecture
-    when they agree on them."""
-    if checkpoint.label_names:
-        return checkpoint.label_names
-    label_sets = {tuple(sorted(c.labels.items())) for c in configs_matching(checkpoint.state_dict)}
-    return dict(label_sets.pop()) if len(label_sets) == 1 else None
-
-
-def _release_of_file(name: str, checkpoint: Checkpoint) -> PretrainedConfig:
-    """The release ``name`` means: its config, or for a model name with several releases the one whose architecture
-    the checkpoint has."""
-    try:
-        return get_pretrained_config(name)
-    except ValueError:
-        fitting = [c for c in configs_matching(checkpoint.state_dict) if c.model == name]
-        if name not in list_models() or len(fitting) != 1:
-            raise
-        return fitting[0]
-
-
-def _check_counts(config: PretrainedConfig, checkpoint: Checkpoint) -> None:
-    """The released model as it is (no class or channel override): the file must have its outputs and input channels,
-    or the heads would start fresh unnoticed."""
-    try:
-        arch = architecture_of(checkpoint.state_dict)
-    except (IncompatibleWeightsError, KeyError, IndexError):
-        return  # weight transfer names what is wrong with the file
-    if (arch["num_classes"], arch["in_channels"]) != (config.num_classes, config.in_channels):
-        raise CheckpointError(f"{checkpoint.path}: the checkpoint has {arch['num_classes']} outputs and "
-                              f"{arch['in_channels']} input channel(s), {config.name} has {config.num_classes} and "
-                              f"{config.in_channels}; another release? To start from it anyway, pass num_classes= "
-                              f"and in_channels=")
-
-
-def create_pretrained(name: str, builder: Callable[..., nn.Module] | None = None,
-                      checkpoint: str | Path | bool | None = True, trust_checkpoint: bool = False,
-                      **overrides) -> nn.Module:
-    """``create_model(name, pretrained=FILE or True, **overrides)``: the released architecture (unless overridden)
-    with the checkpoint's weights; heads and first layer follow :func:`stunet.weights.transfer.transfer_weights` when the
-    overrides change classes or input channels. ``True`` (or None) takes the file from the cache, downloading it on
-    first use (:func:`stunet.weights.hub.weights_path`); a file given is used as it is. Values the config does not know
-    are filled from the checkpoint's companion plans. The config is attached as ``model.pretrained_config``."""
-    config = None
-    if checkpoint is None or checkpoint is True:
-        from stunet.weights.hub import weights_path
-        config = get_pretrained_config(name)
-        checkpoint = weights_path(config)
-    ckpt = load_checkpoint(checkpoint, trust=trust_checkpoint)
-    config = (config or _release_of_file(name, ckpt)).completed(ckpt.plans, f"{ckpt.path}.pkl")
-    if "num_classes" not in overrides and "in_channels" not in overrides:
-        _check_counts(config, ckpt)
-    if "architecture.strides" in config.unknown and "strides" not in overrides:
-        warnings.warn(f"{config.name}: the strides are not known without the companion {config.companion_file} "
-                      f"beside {ckpt.path}; built with the default strides (the weights do not depend on them, the "
-                      f"predictions do)", stacklevel=3)
-    builder = builder or model_builder(config.model)
-    model = builder(**{**config.architecture, **overrides})
-    try:
-        model.transfer_report = transfer_weights(model, ckpt.state_dict, source_labels(ckpt) or config.labels)
-    except IncompatibleWeightsError as e:
-        raise CheckpointError(f"{ckpt.path}: {e}") from e
-    model.pretrained_config = config
-    return model

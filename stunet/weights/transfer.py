@@ -69,6 +69,10 @@ def architecture_of(state_dict: Mapping[str, torch.Tensor]) -> dict:
         raise IncompatibleWeightsError("the weights are not an STU-Net's (no conv_blocks_context.*.conv1 / "
                                        "seg_outputs.* tensors)")
     stages = range(len(blocks))
+    missing = [f"conv_blocks_context.{s}.0.conv1.weight" for s in stages
+               if f"conv_blocks_context.{s}.0.conv1.weight" not in state_dict]
+    if missing:
+        raise IncompatibleWeightsError(f"the checkpoint lacks tensor {missing[0]}: it is incomplete or not an STU-Net")
     first = [state_dict[f"conv_blocks_context.{s}.0.conv1.weight"] for s in stages]
     return {"depths": [blocks[s] for s in stages], "widths": [w.shape[0] for w in first],
             "kernel_sizes": [list(w.shape[2:]) for w in first], "in_channels": first[0].shape[1],
@@ -106,16 +110,22 @@ def check_tensors(source: Mapping[str, torch.Tensor], target: Mapping[str, torch
                                            f"{tuple(tensor.shape)} in the network")
 
 
-def check_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The architecture of an STU-Net state_dict (:func:`architecture_of`), after checking that it holds every tensor
-    of that architecture with its shape; an IncompatibleWeightsError names the first tensor that is wrong."""
-    arch = architecture_of(state_dict)
+def architecture_of_network(model: STUNet) -> dict:
+    """The architecture of a built STU-Net in :func:`architecture_of`'s terms, from its config (no tensors read)."""
+    config = model.config
+    return {"depths": list(config.depths), "widths": list(config.widths),
+            "kernel_sizes": [list(k) for k in config.kernel_sizes], "in_channels": config.in_channels,
+            "num_classes": config.num_classes}
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], arch: Mapping) -> None:
+    """That an STU-Net state_dict of architecture ``arch`` (:func:`architecture_of`) holds every tensor of that
+    architecture with its shape, and no other; an IncompatibleWeightsError names the first tensor that is wrong."""
     ndim = len(arch["kernel_sizes"][0])
     with torch.device("meta"):
         model = STUNet(arch["in_channels"], arch["num_classes"], arch["depths"], arch["widths"],
                        [[1] * ndim] * (len(arch["depths"]) - 1), arch["kernel_sizes"])
     check_tensors(state_dict, model.state_dict(), exact=True)
-    return arch
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -127,9 +137,12 @@ def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
 def transfer_weights(model: STUNet, source: Mapping[str, torch.Tensor],
                      source_labels: Mapping[int, str] | None = None,
                      target_labels: Mapping[int, str] | None = None,
-                     name_map: Mapping[str, list[str]] | None = None) -> TransferReport:
-    """Copy ``source`` into ``model`` as described in the module docstring; returns what was done."""
-    src_arch, dst_arch = architecture_of(source), architecture_of(model.state_dict())
+                     name_map: Mapping[str, list[str]] | None = None,
+                     source_arch: Mapping | None = None) -> TransferReport:
+    """Copy ``source`` into ``model`` as described in the module docstring; returns what was done. ``source_arch`` is
+    ``architecture_of(source)`` where the caller has it already."""
+    src_arch = source_arch if source_arch is not None else architecture_of(source)
+    dst_arch = architecture_of_network(model)
     for key in ("depths", "widths", "kernel_sizes"):
         if src_arch[key] != dst_arch[key]:
             raise IncompatibleWeightsError(
