@@ -22,11 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
+from stunet.clinical.quality import QC_FIELDS
 from stunet.io.json_file import read_json
 from stunet.version import __version__
 
 MAX_STATISTICS_BYTES = 16 << 20  # a case.statistics.json of 1000 labels with every field is under 1 MiB
-QC_FIELDS = ("confidence", "uncertain_fraction", "components", "largest_component_fraction", "flag")
 WORST_PER_LABEL = 3
 
 STYLE = """
