@@ -4,7 +4,8 @@ with the surfaces of :mod:`.surface`), pairing and reading label images (:mod:`.
 (:mod:`.report`) and the page of unlabelled predictions (:mod:`.predictions`, ``stunet-report``). Works on arrays and
 files alone, with no model.
 
-May import: the base modules and the clinical room (DICOM-SEG reading is the ``dicom`` extra, behind
+May import: the base modules, the io room (:mod:`stunet.io`: every image file is read through its reader) and the
+clinical room (DICOM-SEG reading is the ``dicom`` extra, behind
 ``stunet.clinical.dicom_seg.require()``); numpy, scipy, scikit-image (the marching-cubes surface table), SimpleITK and
 matplotlib. Nothing from nnunet, prediction or cli.
 """

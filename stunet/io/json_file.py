@@ -16,15 +16,17 @@ def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES):
     folder), holds more than ``max_bytes``, or is not valid JSON; OSError when it cannot be opened."""
     path = Path(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path}: not a regular file; skipped")
         if info.st_size > max_bytes:
-            raise ValueError(f"{path}: {info.st_size:,} bytes, over the {max_bytes:,} a JSON file here may hold")
-        data = f.read(max_bytes + 1)
+            raise ValueError(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} a JSON file here may hold")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
-        raise ValueError(f"{path}: over the {max_bytes:,} bytes a JSON file here may hold")
+        raise ValueError(f"{path}: more than the {max_bytes:,} bytes a JSON file here may hold")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:
