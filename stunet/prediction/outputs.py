@@ -7,7 +7,6 @@ the preview's legend.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from stunet.atomic import atomic_write
+from stunet.digest import file_sha256
 from stunet.version import __version__
 
 
@@ -34,14 +34,6 @@ def describe_nifti(path: Path, names: dict[int, str]) -> None:
     header.extensions.append(nib.nifti1.Nifti1Extension(6, json.dumps(
         {str(i): n for i, n in sorted(names.items())}).encode()))
     nib.save(type(image)(np.asanyarray(image.dataobj), image.affine, header), str(path))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def provenance(model, checkpoints: list[Path], options: dict) -> dict:

@@ -26,7 +26,6 @@ never implies trust.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stunet import settings
+from stunet.digest import file_sha256
 from stunet.errors import CheckpointError
 
 ENV_HOME = settings.HOME
@@ -148,13 +148,9 @@ def sha256_of(path: str | Path, progress: bool = True) -> str:
 
     path = Path(path)
     size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"checking {path.name}",
-                                     disable=not progress or size < 256 << 20, leave=False) as bar:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"checking {path.name}",
+              disable=not progress or size < 256 << 20, leave=False) as bar:
+        return file_sha256(path, bar.update)
 
 
 def verify(config, path: str | Path, source: dict, rehash: bool = False, progress: bool = True,
