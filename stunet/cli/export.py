@@ -77,6 +77,15 @@ def load_for_export(args, parser):
                             f"folder or file")
 
 
+def _description_file(args, model) -> Path | str:
+    """The file that describes MODEL's plans: a model folder's plans.json, else the checkpoint (or the release)."""
+    source = Path(args.model)
+    folder = source if source.is_dir() else source.parent.parent if source.is_file() else None
+    if folder is not None and (folder / "plans.json").is_file():
+        return folder / "plans.json"
+    return model.checkpoints[0] if model.checkpoints else args.model
+
+
 @cli_entry("stunet-export")
 def main(argv=None) -> None:
     parser = _parser()
@@ -89,14 +98,24 @@ def main(argv=None) -> None:
     except ImportError as e:
         parser.exit(1, f"stunet-export: error: {e}\n")
     from stunet.deploy.cache import file_sha256
-    from stunet.deploy.export import DEFAULT_OPSET, export_graph
-    from stunet.deploy.sidecar import build_sidecar, write_sidecar
+    from stunet.deploy.export import DEFAULT_OPSET, OPSETS, check_memory, check_patch, export_graph
+    from stunet.deploy.limits import check_model_fields
+    from stunet.deploy.sidecar import build_sidecar, model_fields, write_sidecar
 
+    if args.opset is not None and args.opset not in OPSETS:
+        parser.error(f"--opset {args.opset}: ONNX opsets {OPSETS.start} to {OPSETS.stop - 1} are supported (default "
+                     f"{DEFAULT_OPSET})")
     model = load_for_export(args, parser)
     network = model.networks[0].cpu()
-    patch = args.patch or list(model.configuration_manager.patch_size)
+    patch = check_patch(network, args.patch or list(model.configuration_manager.patch_size))
+    config = network.config
+    check_model_fields(model_fields(config.in_channels, config.num_classes, patch, model.plans, model.configuration,
+                                    model.dataset_json, model.mirror_axes),
+                       config.in_channels, config.num_classes, _description_file(args, model),
+                       "fix it, or export another model")
+    check_memory(network, patch)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    opset = args.opset or DEFAULT_OPSET
+    opset = args.opset if args.opset is not None else DEFAULT_OPSET
     record = export_graph(network, args.output, patch, "logits", opset, check_with=args.check_with)
     checkpoint = Path(model.checkpoints[0]) if model.checkpoints else None
     content = build_sidecar(args.output, record, network, model.plans, model.configuration, model.dataset_json,

@@ -69,7 +69,7 @@ def threads() -> int:
 
 
 _LOCK = threading.Lock()
-_COMPILED: dict[tuple, object] = {}  # (backend, file, its size and mtime, precision, threads) -> session / model
+_COMPILED: dict[tuple, object] = {}  # (backend, graph's SHA-256 or file, size, mtime, precision, threads) -> compiled
 _CORE = None
 
 
@@ -110,10 +110,12 @@ def _type_name(element_type) -> str:
 
 
 class Engine:
-    """One exported graph compiled by ``backend`` at ``precision`` (``fp32``/``bf16``/``fp16``, see the module)."""
+    """One exported graph compiled by ``backend`` at ``precision`` (``fp32``/``bf16``/``fp16``, see the module);
+    ``sha256``, the graph's checksum where the caller has proven it, identifies the compiled graph within the
+    process (else the file's path, size and modification time do)."""
 
     def __init__(self, backend: str, path: str | Path, precision: str = "fp32", cache_dir: str | Path | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, sha256: str | None = None):
         if backend not in ENGINES:
             raise ValueError(f"an engine is one of {', '.join(ENGINES)}, not {backend!r}")
         self.backend, self.path = backend, Path(path)
@@ -121,7 +123,8 @@ class Engine:
         self.version = engine_version(backend)
         self.threads = num_threads or threads()
         stat = self.path.stat()
-        key = (backend, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, self.precision, self.threads)
+        key = (backend, sha256 or (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns), self.precision,
+               self.threads)
         with _LOCK:
             compiled = _COMPILED.get(key)
             if compiled is None:

@@ -32,10 +32,14 @@ from torch import nn
 
 from stunet.atomic import atomic_write
 from stunet.deploy.engines import Engine, engine_version, require
+from stunet.models.memory import GIB, PredictionMemory, available_memory
 from stunet.models.network import STUNet
 
 TOLERANCE = 1e-2  # of max(1, the largest |value| of PyTorch's output)
 DEFAULT_OPSET = 17
+#: the opsets an STU-Net exports to: below 9 ONNX has no upsampling PyTorch can write, above 20 PyTorch's
+#: TorchScript exporter writes none
+OPSETS = range(9, 21)
 OUTPUTS = ("logits", "features")
 INPUT_NAME = "image"
 
@@ -71,8 +75,35 @@ def check_patch(network: STUNet, patch: Sequence[int]) -> list[int]:
     patch = [int(p) for p in patch]
     if len(patch) != network.config.spatial_dims:
         raise ValueError(f"the patch {patch} has {len(patch)} axes; the network is {network.config.spatial_dims}D")
+    if any(p < 1 for p in patch):
+        raise ValueError(f"the patch {patch} must have at least one voxel along each axis")
     network.check_input(torch.empty((1, network.config.in_channels, *patch), device="meta"))
     return patch
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset not in OPSETS:
+        raise ValueError(f"ONNX opset {opset!r} is not supported: use {OPSETS.start} to {OPSETS.stop - 1} (default "
+                         f"{DEFAULT_OPSET})")
+    return opset
+
+
+def export_memory(network: STUNet, patch: Sequence[int]) -> int:
+    """Bytes exporting and checking ``network`` at ``patch`` takes beyond the loaded network: one tile's prediction
+    (:class:`stunet.models.memory.PredictionMemory`: a forward pass and its input and output) and two more copies of
+    the weights (the traced graph, and the engine's)."""
+    weights = sum(t.numel() * t.element_size() for t in network.state_dict().values())
+    memory = PredictionMemory(network.config.in_channels, [network.config.widths[0]], list(patch))
+    return memory.estimate(list(patch), list(patch)) + 2 * weights
+
+
+def check_memory(network: STUNet, patch: Sequence[int]) -> None:
+    """ExportError, before anything is allocated, where :func:`export_memory` exceeds the memory available."""
+    needed, available = export_memory(network, patch), available_memory()
+    if available is not None and needed > available:
+        raise ExportError(f"exporting at the patch {list(patch)} needs about {needed / GIB:.1f} GiB (a forward pass "
+                          f"of one patch, and the graph), but {available / GIB:.1f} GiB are available; export a "
+                          f"smaller --patch")
 
 
 def _trace(network: STUNet, path: Path, patch: list[int], output: str, opset: int) -> None:
@@ -138,13 +169,16 @@ def _store(traced_folder: Path, target: Path) -> None:
 def export_graph(network: STUNet, target: str | Path, patch: Sequence[int], output: str = "logits",
                  opset: int = DEFAULT_OPSET, check_with: str = "onnxruntime") -> dict:
     """Export ``network`` (on the CPU) as the ``output`` graph for ``patch``, check it (ONNX's checker, then
-    :func:`compare` with the ``check_with`` engine) and write it atomically at ``target``. Returns the check record
-    and what was exported (opset, versions)."""
+    :func:`compare` with the ``check_with`` engine) and write it atomically at ``target``. The patch, the opset
+    (:data:`OPSETS`) and the memory it takes (:func:`check_memory`) are checked before anything is traced. Returns
+    the check record and what was exported (opset, versions)."""
     if output not in OUTPUTS:
         raise ValueError(f"output is one of {', '.join(OUTPUTS)}, not {output!r}")
     require("onnx", check_with)
     import onnx
     patch = check_patch(network, patch)
+    check_opset(opset)
+    check_memory(network, patch)
     target = Path(target)
     with tempfile.TemporaryDirectory(prefix="stunet-export-") as tmp:
         traced = Path(tmp) / "graph"

@@ -7,7 +7,7 @@ from itertools import zip_longest
 
 import torch
 
-from stunet.deploy.cache import FOLDER, cached_features_graph, user_cache_root, writable
+from stunet.deploy.cache import FOLDER, cached_features_graph, refuse_links, user_cache_root, writable
 from stunet.deploy.engines import Engine, check_backend, engine_version, require, resolve_precision
 from stunet.deploy.sidecar import GraphNetwork
 
@@ -29,9 +29,11 @@ def feature_engines(model, backend: str, precision: str, device: str | torch.dev
     for network, checkpoint in zip_longest(model.networks, model.checkpoints[:len(model.networks)]):
         if isinstance(network, GraphNetwork):  # OpenVINO's compiled model beside the file, or in the user's cache
             beside = network.path.parent / FOLDER / backend
+            refuse_links(beside.parent, beside)
             compiled = beside if writable(beside) else user_cache_root() / backend
-            engines.append(Engine(backend, network.path, precision, compiled if backend == "openvino" else None))
+            engines.append(Engine(backend, network.path, precision, compiled if backend == "openvino" else None,
+                                  sha256=network.sha256))
             continue
-        graph, compiled = cached_features_graph(network, checkpoint, patch, backend, engine_version(backend))
-        engines.append(Engine(backend, graph, precision, compiled if backend == "openvino" else None))
+        graph, compiled, sha = cached_features_graph(network, checkpoint, patch, backend, engine_version(backend))
+        engines.append(Engine(backend, graph, precision, compiled if backend == "openvino" else None, sha256=sha))
     return engines
