@@ -11,6 +11,7 @@ from typing import Sequence
 from stunet import settings
 from stunet.errors import CaseError
 from stunet.models.memory import GIB, PredictionMemory, available_memory
+from stunet.prediction.resample import resampled_spacing
 
 ENV_MAX_VOXELS = settings.MAX_VOXELS
 DEFAULT_MAX_VOXELS = 200_000_000  # at the model's spacing: about 585³; a whole-body CT at 1.5 mm is under 1e8
@@ -51,9 +52,7 @@ class VoxelBudget:
         shape, spacing = list(size_xyz)[::-1], list(spacing_xyz)[::-1]  # nnU-Net's SimpleITK order: z, y, x
         if self.transpose:
             shape, spacing = [shape[i] for i in self.transpose], [spacing[i] for i in self.transpose]
-        target = list(self.target_spacing)
-        if len(target) < len(shape):  # 2D configurations keep the first axis
-            target = [spacing[0], *target]
+        target = resampled_spacing(self.target_spacing, spacing)
         return [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
 
     def check(self, path: Path, size_xyz: Sequence[int], spacing_xyz: Sequence[float]) -> None:

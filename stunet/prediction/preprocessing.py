@@ -25,7 +25,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, determine_do_sep_z_and_axis
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from stunet.prediction.resample import resample_image
+from stunet.prediction.resample import resample_image, resampled_spacing
 
 # nnU-Net's normalisation classes that read the mask only when use_mask_for_norm is set
 _MASK_ONLY_WHEN_ASKED = {"CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization",
@@ -93,9 +93,7 @@ def preprocess(image: np.ndarray, properties: dict, plans_manager: PlansManager,
     properties["bbox_used_for_cropping"] = box
     data = data[(slice(None), *[slice(a, b) for a, b in box])]
     properties["shape_after_cropping_and_before_resampling"] = data.shape[1:]
-    target_spacing = configuration_manager.spacing
-    if len(target_spacing) < len(data.shape[1:]):  # 2D configurations keep the spacing between slices
-        target_spacing = [original_spacing[0], *target_spacing]
+    target_spacing = resampled_spacing(configuration_manager.spacing, original_spacing)
     new_shape = compute_new_shape(data.shape[1:], original_spacing, target_spacing)
     schemes = configuration_manager.normalization_schemes
     needs_mask = any(configuration_manager.use_mask_for_norm) or not set(schemes) <= _MASK_ONLY_WHEN_ASKED

@@ -58,6 +58,14 @@ def _along(x: torch.Tensor, axis: int, lower, upper, weight) -> torch.Tensor:
     return torch.lerp(a, x.index_select(axis, upper), weight.view(shape).to(a.dtype))
 
 
+def resampled_spacing(configuration_spacing: Sequence[float], image_spacing: Sequence[float]) -> list[float]:
+    """The spacing a configuration resamples an image to, both in the plans' axis order: the configuration's, and for a
+    2D configuration of a 3D image the image's own spacing along the first axis (its slices stay slices)."""
+    if len(configuration_spacing) < len(image_spacing):
+        return [image_spacing[0], *configuration_spacing]
+    return list(configuration_spacing)
+
+
 def axis_orders(current_spacing: Sequence[float], new_spacing: Sequence[float], kwargs: dict) -> list[int]:
     """Interpolation order per spatial axis, as nnU-Net's probability resampling decides it."""
     order, order_z = kwargs.get("order", 1), kwargs.get("order_z", 0)

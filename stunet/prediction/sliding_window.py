@@ -35,7 +35,7 @@ from stunet.models.network import STUNet
 from stunet.prediction.export import ConfidenceTally, argmax, fine_labels, head_logits
 from stunet.prediction.model import Model
 from stunet.prediction.preprocessing import preprocess
-from stunet.prediction.resample import axis_orders, resample_chunks
+from stunet.prediction.resample import axis_orders, resample_chunks, resampled_spacing
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -214,9 +214,8 @@ class Predictor:
 
     def _orders(self, properties: dict) -> list[int]:
         pm, cm = self.model.plans_manager, self.model.configuration_manager
-        new_shape = properties["shape_after_cropping_and_before_resampling"]
         new_spacing = [properties["spacing"][i] for i in pm.transpose_forward]
-        current_spacing = cm.spacing if len(cm.spacing) == len(new_shape) else [new_spacing[0], *cm.spacing]
+        current_spacing = resampled_spacing(cm.spacing, new_spacing)
         return axis_orders(current_spacing, new_spacing, cm.configuration.get("resampling_fn_probabilities_kwargs", {}))
 
     @torch.inference_mode()
