@@ -5,7 +5,10 @@ PretrainedConfig`). The file is looked up in the cache first, so a cached model 
 the config's Hub sources are tried in order: huggingface_hub asks the Hub for the file's commit, ETag and size (a HEAD
 request) and the body is read here (see "the transfer" below), with a progress bar, resumed with an HTTP range where a
 connection breaks, and written under a temporary name that is moved into place only when complete, so an interrupted
-download leaves nothing that loads and nothing at all on disk. A download never goes past the size the Hub declared
+download leaves nothing that loads and nothing at all on disk. Processes that need the same file at once (a cold cache
+shared by parallel jobs) download it once: the first holds a lock file beside the blob in the cache
+(``blobs/<etag>.lock``, ``fcntl.flock``) while it downloads, the others wait for it, then check the checksum and use
+the file. A download never goes past the size the Hub declared
 (it stops there) nor past ``STUNET_DOWNLOAD_TIMEOUT`` seconds (:func:`stunet.settings.download_timeout`, 6 hours
 unless set); a server that sends nothing for ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds (10) breaks the connection, which is
 resumed up to 5 times in a row. The other sources of a config (Google Drive, Baidu Netdisk) are for manual download
@@ -25,6 +28,7 @@ never implies trust.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -42,6 +46,11 @@ from urllib.parse import urlsplit
 from stunet import settings
 from stunet.digest import file_sha256
 from stunet.errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no inter-process lock, each process downloads on its own
+    fcntl = None
 
 ENV_HOME = settings.HOME
 RECORD_NAME = "stunet-checksums.json"
@@ -314,7 +323,10 @@ class _Transfer:
         pointer = storage / "snapshots" / meta.commit_hash / Path(*parts)
         new = self.force or not blob.is_file()
         if new:
-            self._get(url, meta.location, blob)
+            with self._blob_lock(blob):
+                new = self.force or not blob.is_file()  # another process may have fetched it while this one waited
+                if new:
+                    self._get(url, meta.location, blob)
         with self.lock:
             if self.cancelled.is_set():
                 raise _Cancelled()
@@ -324,6 +336,33 @@ class _Transfer:
                 _write_ref(storage / "refs" / revision, meta.commit_hash)
             self.result = pointer
         return pointer
+
+    @contextlib.contextmanager
+    def _blob_lock(self, blob: Path):
+        """Held while this process downloads ``blob``: an exclusive lock on ``blobs/<etag>.lock`` beside it, so that
+        processes downloading the same file into the same cache fetch it once; the others wait (within the deadline)
+        and then find the blob in place."""
+        if fcntl is None:
+            yield
+            return
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        with open(blob.with_name(f"{blob.name}.lock"), "a+b") as handle:
+            told = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        print(f"stunet: another process is downloading {self.filename} into {self.cache}; waiting "
+                              f"for it", file=sys.stderr)
+                        told = True
+                    self._check()
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _head(self, url: str, endpoint: str | None):
         """The file's metadata (huggingface_hub's HEAD, without its own retries, whose every attempt logs lines):
