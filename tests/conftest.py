@@ -34,3 +34,12 @@ def planned_dataset(tmp_path_factory):
     env = nnunet_env(root)
     run(["nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "2d", "3d_fullres", "-np", "1", "1", "-npfp", "1"], env)
     return root, folder, env
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """predict_helpers.make_model_folder's model (one channel, five labels, seed 0), made once for the session. Tests
+    read it only; one that changes a model folder copies it first."""
+    from predict_helpers import make_model_folder
+
+    return make_model_folder(tmp_path_factory.mktemp("model") / "model")

@@ -269,3 +269,108 @@ def image_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
     add("huge_declared", _nifti_with(folder / "huge_0000.nii", plain, dim=(3, 30000, 30000, 30000)),
         "over the budget")
     return cases
+
+
+def synthetic_volume(seed: int = 1, shape=(14, 40, 36)) -> np.ndarray:
+    """One channel of a synthetic case (stunet.nnunet.synthetic.make_case), float32."""
+    from stunet.nnunet.synthetic import make_case
+
+    return make_case(np.random.default_rng(seed), shape, 1)[0][0].astype(np.float32)
+
+
+AFFINE = np.diag([0.8, 0.8, 3.0, 1.0])
+
+
+def unreadable_images(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Images the model cannot read or whose spacing is implausible (name -> (file, what the message must say))."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = synthetic_volume()
+    nib.save(nib.Nifti1Image(volume.T.astype(np.complex64), AFFINE), folder / "complex_0000.nii")
+    rgb = np.zeros(volume.T.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, AFFINE), folder / "rgb_0000.nii.gz")
+    sitk.WriteImage(sitk.Compose([sitk.GetImageFromArray(volume)] * 2), str(folder / "vector_0000.mha"))
+    nib.save(nib.Nifti1Image(volume.T, np.diag([1e-30, 1e-30, 1e-30, 1.0])), folder / "tiny_0000.nii.gz")
+    flat = np.zeros((1, 24, 24), np.float32)
+    flat[0, 5:9, 5:9] = 100
+    image = sitk.GetImageFromArray(flat)
+    image.SetSpacing((1e5, 1e5, 1e5))
+    sitk.WriteImage(image, str(folder / "flat_0000.nii.gz"))
+    return {"complex": (folder / "complex_0000.nii", "complex-valued voxels"),
+            "rgb": (folder / "rgb_0000.nii.gz", "3 components per voxel"),
+            "vector": (folder / "vector_0000.mha", "2 components per voxel"),
+            "tiny": (folder / "tiny_0000.nii.gz", "outside the plausible 0.01-50 mm"),
+            "flat": (folder / "flat_0000.nii.gz", "outside the plausible 0.01-50 mm")}
+
+
+BIG_SPACING_MM = 4.0  # careless_images' "over_budget" image: 10 x 24 x 20 voxels of 4 mm, 91,000 voxels at 1.5 mm
+SMALL_BUDGET = 60_000  # voxels: over_budget's limit, above what a 14 x 40 x 36 good case pads to (32,768)
+
+
+def careless_images(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Images ITK reads but no model should take (name -> (file, what the message must say)): no finite voxel, 4D,
+    RGB, and "over_budget", a valid image over a budget of SMALL_BUDGET voxels."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    volume = synthetic_volume(5, (10, 24, 20))
+    for name, value in (("all_nan", np.nan), ("all_inf", np.inf)):
+        nib.save(nib.Nifti1Image(np.full(volume.shape[::-1], value, np.float32), AFFINE), folder / f"{name}_0000.nii.gz")
+    four = np.stack([volume, volume], -1).transpose(2, 1, 0, 3)
+    nib.save(nib.Nifti1Image(four, AFFINE), folder / "four_d_0000.nii.gz")
+    rgb = np.zeros(volume.shape[::-1], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = (volume.transpose(2, 1, 0) > 0) * 200
+    nib.save(nib.Nifti1Image(rgb, AFFINE), folder / "red_0000.nii.gz")
+    big = sitk.GetImageFromArray(volume)
+    big.SetSpacing((BIG_SPACING_MM,) * 3)
+    sitk.WriteImage(big, str(folder / "over_budget_0000.nii.gz"))
+    return {"all_nan": (folder / "all_nan_0000.nii.gz", "no finite voxel"),  # ITK alone would read it as zeros
+            "all_inf": (folder / "all_inf_0000.nii.gz", "no finite voxel"),
+            "four_d": (folder / "four_d_0000.nii.gz", "a 4D image"),
+            "red": (folder / "red_0000.nii.gz", "3 components per voxel"),
+            "over_budget": (folder / "over_budget_0000.nii.gz", "over the budget")}
+
+
+def damaged_files(folder: Path, good_case: Path) -> dict[str, tuple[Path, str]]:
+    """Files made from a good .nii.gz case (name -> (file, what the message must say)): cut in half, a gzip of text,
+    plain text, two volumes joined into 4D, and an oblique image of NaN written by ITK."""
+    import gzip
+
+    import SimpleITK as sitk
+
+    from predict_helpers import write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = good_case.read_bytes()
+    (folder / "truncated_0000.nii.gz").write_bytes(data[: len(data) // 2])
+    (folder / "text_0000.nii.gz").write_bytes(gzip.compress(b"this is not an image"))
+    (folder / "plain_0000.nii.gz").write_text("not even gzip")
+    sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(good_case))] * 2), str(folder / "fourd_0000.nii.gz"))
+    write_image(folder / "nan_voxels_0000.nii.gz", np.full((10, 20, 20), np.nan, np.float32))
+    return {"truncated": (folder / "truncated_0000.nii.gz", "truncated gzip"),
+            "text": (folder / "text_0000.nii.gz", "Unable to determine ImageIO reader"),
+            "plain": (folder / "plain_0000.nii.gz", ""),
+            "fourd": (folder / "fourd_0000.nii.gz", "4D image"),
+            "nan_voxels": (folder / "nan_voxels_0000.nii.gz", "no finite voxel")}
+
+
+def escaping_headers(folder: Path, secret: Path) -> dict[str, tuple[Path, str]]:
+    """NRRD and MetaImage headers whose data file lies outside their folder (``secret``, by a relative path, an
+    absolute one and a list), which would read another file (name -> (file, what the message must say))."""
+    folder.mkdir(parents=True, exist_ok=True)
+    secret.write_bytes(bytes(24 * 24 * 8 * 2))
+    nrrd = "NRRD0004\ntype: short\ndimension: 3\nsizes: 24 24 8\nspacings: 1 1 1\nencoding: raw\n"
+    relative = f"{'../' * (len(folder.relative_to(secret.parent).parts))}{secret.name}"
+    headers = {"nrrd_0000.nrrd": f"{nrrd}data file: {relative}\n\n",
+               "absolute_0000.nrrd": f"{nrrd}data file: {secret}\n\n",
+               "list_0000.nrrd": f"{nrrd}data file: LIST\nok.raw\n{relative}\n",
+               "meta_0000.mhd": "ObjectType = Image\nNDims = 3\nDimSize = 24 24 8\nElementSpacing = 1 1 1\n"
+                                f"ElementType = MET_SHORT\nElementDataFile = {relative}\n"}
+    cases = {}
+    for name, text in headers.items():
+        (folder / name).write_text(text)
+        cases[name.split("_0000")[0]] = (folder / name, "outside the header's folder")
+    return cases

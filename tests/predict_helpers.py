@@ -1,6 +1,8 @@
 """A small STU-Net model folder and images with awkward geometry, for stunet-predict tests."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -93,6 +95,28 @@ def write_cases(folder: Path, n: int, channels: int = 1, shape=(14, 40, 36)) -> 
 
 
 def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """``stunet-predict ARGS`` run in this process (``stunet.cli.predict.main``, as the console script runs it): its
+    exit status and what it printed. Use :func:`predict_process` where the separate process is what is tested."""
+    from stunet.cli.predict import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if stop.code is not None and not isinstance(stop.code, int):
+                err.write(f"{stop.code}\n")
+    done = subprocess.CompletedProcess(["stunet-predict", *argv], code, out.getvalue(), err.getvalue())
+    if check and done.returncode != 0:
+        raise AssertionError(f"stunet-predict failed:\n{done.stderr[-3000:]}")
+    return done
+
+
+def predict_process(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """``stunet-predict ARGS`` as the installed console script, in a process of its own."""
     exe = Path(sys.executable).parent / "stunet-predict"
     done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and done.returncode != 0:

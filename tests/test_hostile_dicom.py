@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_helpers import set_text, write_object, write_series, zip_folder
-from predict_helpers import make_model_folder, predict
+from predict_helpers import predict
 from stunet.cli.errors import one_line
 from stunet.clinical import dicom
 from stunet.clinical.dicom import DicomError, extract_zip, read_dicom
@@ -26,14 +26,9 @@ PREFIX = "stunet-predict: error: "
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_model_folder(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def segmenter(model):
+def segmenter(model_folder):
     import stunet
-    return stunet.Segmenter.from_model_folder(model, device="cpu", mirroring=False)
+    return stunet.Segmenter.from_model_folder(model_folder, device="cpu", mirroring=False)
 
 
 def volume(seed: int = 0) -> np.ndarray:
@@ -56,8 +51,8 @@ def only(k_or_all, change):
     return edit
 
 
-def run(model, inputs, out, *options):
-    done = predict("-i", inputs, "-o", out, "-m", model, "--disable-tta", *options, check=False)
+def run(model_folder, inputs, out, *options):
+    done = predict("-i", inputs, "-o", out, "-m", model_folder, "--disable-tta", *options, check=False)
     errors = [line[len(PREFIX):] for line in done.stderr.splitlines() if line.startswith(PREFIX)]
     return done, errors
 
@@ -117,7 +112,7 @@ PIXEL_CASES = {  # name: (edit, the fragments of its error line)
 }
 
 
-def test_pixel_data_that_does_not_match_its_header(model, segmenter, tmp_path):
+def test_pixel_data_that_does_not_match_its_header(model_folder, segmenter, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     series(inputs / "good")
     series(inputs / "good_rle", only(None, _rle))  # compressed and whole: read, and exactly
@@ -134,7 +129,7 @@ def test_pixel_data_that_does_not_match_its_header(model, segmenter, tmp_path):
     bad["cut_file"] = ("im0005.dcm", "PixelData (7FE0,0010) holds 852 bytes")
     bad["stump"] = ("im0001.dcm", "no pixel data")
     bad["cut_big"] = ("im0006.dcm", "the file ends 1000 bytes before the end of its PixelData (7FE0,0010)")
-    done, errors = run(model, inputs, out)
+    done, errors = run(model_folder, inputs, out)
     assert_refused(done, errors, out, bad, good=("good", "good_rle", "good_padded"))
     assert "good_padded/im0001.dcm: PixelData (7FE0,0010) holds 128 bytes more than its header declares" in done.stderr
     for name in bad:
@@ -151,7 +146,7 @@ def test_pixel_data_length_is_checked_before_reading(tmp_path, monkeypatch):
 
 
 # -- 2. rescales whose result leaves int16 ---------------------------------------------------------------------------
-def test_rescale_never_wraps_and_bad_rescales_are_refused(model, segmenter, tmp_path):
+def test_rescale_never_wraps_and_bad_rescales_are_refused(model_folder, segmenter, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     series(inputs / "good")
 
@@ -165,7 +160,7 @@ def test_rescale_never_wraps_and_bad_rescales_are_refused(model, segmenter, tmp_
     for name, (value, _) in refused.items():
         tag = 0x00281052 if name.startswith("intercept") else 0x00281053
         series(inputs / name, only(3, lambda ds, tag=tag, value=value: set_text(ds, tag, "DS", value)))
-    done, errors = run(model, inputs, out)
+    done, errors = run(model_folder, inputs, out)
     assert_refused(done, errors, out, {n: ("im0003.dcm", f) for n, (_, f) in refused.items()},
                    good=("good", "steep"))
     for name in refused:
@@ -188,7 +183,7 @@ SPACINGS = {"zero": "0\\1.1", "nan": "nan\\1.1", "inf": "1.2\\inf", "text": "abc
             "one_value": "1.2", "empty": ""}
 
 
-def test_pixel_spacing_is_never_invented(model, segmenter, tmp_path):
+def test_pixel_spacing_is_never_invented(model_folder, segmenter, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     series(inputs / "good")
     for name, text in SPACINGS.items():
@@ -199,7 +194,7 @@ def test_pixel_spacing_is_never_invented(model, segmenter, tmp_path):
         del ds.PixelSpacing
 
     series(inputs / "missing", only(4, imager_only))
-    done, errors = run(model, inputs, out)
+    done, errors = run(model_folder, inputs, out)
     bad = {name: ("im0004.dcm", "PixelSpacing (0028,0030)", repr(text) if text else "missing")
            for name, text in SPACINGS.items()}
     bad["missing"] = ("im0004.dcm", "PixelSpacing (0028,0030) missing")
@@ -222,7 +217,7 @@ DISAGREE = {  # name: (edit of slice 6, the tag named)
 }
 
 
-def test_every_slice_is_checked_and_objects_that_are_not_slices_are_skipped(model, segmenter, tmp_path):
+def test_every_slice_is_checked_and_objects_that_are_not_slices_are_skipped(model_folder, segmenter, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     series(inputs / "good")
     for name, (change, _) in DISAGREE.items():
@@ -237,7 +232,7 @@ def test_every_slice_is_checked_and_objects_that_are_not_slices_are_skipped(mode
     write_object(inputs / "with_objects" / "anonymous_sr.dcm", "SR", modality="")  # only its SOP class says SR
     (inputs / "with_objects" / "README.txt").write_text("not DICOM")
     write_object(inputs / "structures_only" / "rtstruct.dcm", "RTSTRUCT")  # no images: not a case
-    done, errors = run(model, inputs, out)
+    done, errors = run(model_folder, inputs, out)
     bad = {name: ("im0006.dcm", tag, "differs from", "im0000.dcm") for name, (_, tag) in DISAGREE.items()}
     assert_refused(done, errors, out, bad, good=("good", "with_objects"))
     assert f"{len(DISAGREE) + 2} case(s)" in done.stderr  # the folder of structures alone is no case
@@ -270,7 +265,7 @@ def _patch_sizes(source, target, sizes: dict[str, int]) -> None:
     target.write_bytes(bytes(data))
 
 
-def test_zip_bombs_are_refused_before_extraction(model, segmenter, tmp_path):
+def test_zip_bombs_are_refused_before_extraction(model_folder, segmenter, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     series(tmp_path / "series")
     inputs.mkdir()
@@ -284,7 +279,7 @@ def test_zip_bombs_are_refused_before_extraction(model, segmenter, tmp_path):
     escape = inputs / "escape.zip"
     with zipfile.ZipFile(escape, "w") as archive:
         archive.writestr("../outside.dcm", b"x")
-    done, errors = run(model, inputs, out)
+    done, errors = run(model_folder, inputs, out)
     bad = {"bomb": ("bomb.zip", "ratio", "over 100", "not extracted"),
            "liar": ("liar.zip", "not a readable zip", "padding.bin"),
            "huge": ("huge.zip", "extracts to 6.00 GiB, over the 4.00 GiB"),
@@ -326,7 +321,7 @@ def _twin(ds):
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = TWIN_UID
 
 
-def test_anonymised_series_get_a_seg_or_one_line_before_the_network(model, segmenter, tmp_path):
+def test_anonymised_series_get_a_seg_or_one_line_before_the_network(model_folder, segmenter, tmp_path):
     from stunet.clinical.dicom_seg import check_source_for_seg, read_dicom_seg
     highdicom = pytest.importorskip("highdicom")
     inputs, out = tmp_path / "in", tmp_path / "out"
@@ -349,7 +344,7 @@ def test_anonymised_series_get_a_seg_or_one_line_before_the_network(model, segme
     other = pydicom.dcmread(twins[4])
     other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = TWIN_UID
     other.save_as(twins[4])
-    done, errors = run(model, inputs, out, "--output-type", "dicom_seg")
+    done, errors = run(model_folder, inputs, out, "--output-type", "dicom_seg")
     assert_refused(done, errors, out, {n: (str(inputs / n), tag) for n, (_, tag) in refused.items()},
                    good=("good", "anonymised"), ending=".seg.dcm")
     for name, (_, tag) in refused.items():  # the same check the command runs, from Python

@@ -1,9 +1,11 @@
-"""One path for one case (issue 24, point 1): ``stunet-predict`` and ``stunet.Segmenter`` run the same function
-(stunet.prediction.case.predict_case), so a bad image gets the same error class and message through both, and a good
-one the same labels, voxel for voxel; an image held in memory gets the same checks as its file."""
+"""One path for one case: ``stunet-predict`` and ``stunet.Segmenter`` run the same function
+(stunet.prediction.case.predict_case), so a good image gets the same labels through both, voxel for voxel (a bad one
+the same message: tests/test_bad_inputs.py); an image held in memory gets the same checks as its file; calls are
+serialised; work that leaves the GPU is said and recorded."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -11,94 +13,52 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 import stunet
-from hostile_helpers import _nifti_with, _write
-from predict_helpers import labels_of, make_model_folder, predict, write_image
+from hostile_helpers import SMALL_BUDGET, careless_images
+from predict_helpers import labels_of, predict, write_image
 from stunet.errors import CaseError
 from stunet.nnunet.synthetic import make_case
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(model_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("one_path")
-    model = make_model_folder(root / "model")
-    seg = stunet.Segmenter.from_model_folder(model, device="cpu", mirroring=False)
-    return seg, root, model
+    seg = stunet.Segmenter.from_model_folder(model_folder, device="cpu", mirroring=False)
+    return seg, root, model_folder
 
 
 def _volume(seed: int = 5) -> np.ndarray:
     return make_case(np.random.default_rng(seed), (10, 24, 20), 1)[0][0].astype(np.float32)
 
 
-def _bad_files(folder):
-    """name -> (file, a few words the message must hold, extra command-line options)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    volume = _volume()
-    cases = {}
-    nan = volume.copy()
-    nan[:] = np.nan
-    nib.save(nib.Nifti1Image(nan.transpose(2, 1, 0), np.diag([0.8, 0.8, 3.0, 1])), folder / "nan.nii.gz")
-    cases["all_nan"] = (folder / "nan.nii.gz", "no finite voxel", [])  # ITK alone would read it as zeros
-    inf = volume.copy()
-    inf[:] = np.inf
-    nib.save(nib.Nifti1Image(inf.transpose(2, 1, 0), np.diag([0.8, 0.8, 3.0, 1])), folder / "inf.nii.gz")
-    cases["all_inf"] = (folder / "inf.nii.gz", "no finite voxel", [])
-    four = np.stack([volume, volume], -1).transpose(2, 1, 0, 3)
-    nib.save(nib.Nifti1Image(four, np.diag([0.8, 0.8, 3.0, 1])), folder / "four_d.nii.gz")
-    cases["4d"] = (folder / "four_d.nii.gz", "a 4D image", [])
-    rgb = np.zeros(volume.shape[::-1], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-    rgb["R"] = (volume.transpose(2, 1, 0) > 0) * 200
-    nib.save(nib.Nifti1Image(rgb, np.diag([0.8, 0.8, 3.0, 1])), folder / "rgb.nii.gz")
-    cases["rgb"] = (folder / "rgb.nii.gz", "3 components per voxel", [])
-    plain = _write(sitk.GetImageFromArray(volume), folder / "plain_source.nii")
-    cases["zero_spacing"] = (_nifti_with(folder / "zero.nii", plain, pixdim=(0.0, 1.0, 2.0)),
-                             "not finite and positive", [])
-    big = sitk.GetImageFromArray(volume)
-    big.SetSpacing((3.0, 3.0, 3.0))
-    sitk.WriteImage(big, str(folder / "big.nii.gz"))
-    cases["over_budget"] = (folder / "big.nii.gz", "over the budget", ["--max-voxels", "5000"])
-    return cases
-
-
-BAD = ["all_nan", "all_inf", "4d", "rgb", "zero_spacing", "over_budget"]
-
-
-def _api(seg, options: list[str]):
-    """A Segmenter on the same loaded model with the voxel budget the command's options set."""
+def _api(seg, name: str):
+    """A Segmenter on the same loaded model; "over_budget" gets careless_images' small voxel budget."""
     return stunet.Segmenter(model=seg.model, device="cpu", mirroring=False,
-                            max_voxels=float(options[1]) if options else None)
+                            max_voxels=SMALL_BUDGET if name == "over_budget" else None)
+
+
+@pytest.fixture(scope="module")
+def small_case(setup):
+    """An oblique 10 x 24 x 20 image whose output grid is finer than the network's (the export runs slab by slab)."""
+    path = setup[1] / "small" / "c_0000.nii.gz"
+    path.parent.mkdir()
+    write_image(path, _volume(7))
+    return path
 
 
 @pytest.fixture(scope="module")
 def bad(setup):
-    return _bad_files(setup[1] / "bad")
+    return careless_images(setup[1] / "bad")
 
 
-@pytest.mark.parametrize("name", BAD)
-def test_a_bad_image_gets_the_same_error_through_the_command_and_the_api(setup, bad, name):
-    seg, root, model = setup
-    path, words, options = bad[name]
-    api = _api(seg, options)
-    with pytest.raises(CaseError) as raised:
-        api(path)
-    message = str(raised.value)
-    assert words in message and str(path) in message and "\n" not in message
-    out = root / f"out_{name}"
-    done = predict("-i", path, "-o", out, "-m", model, "--disable-tta", *options, check=False)
-    assert done.returncode == 1
-    assert f"stunet-predict: error: {message}" in done.stderr.splitlines()
-    assert not list(out.glob("*.nii.gz"))
-    record = json.loads((out / "provenance.json").read_text())
-    assert record["cases"][path.name.split(".")[0]] == {"status": "failed", "error": message}
-
-
-@pytest.mark.parametrize("name", ["all_nan", "4d", "rgb", "over_budget"])
+@pytest.mark.parametrize("name", ["all_nan", "four_d", "red", "over_budget"])
 def test_the_same_image_in_memory_gets_the_same_check(setup, bad, name):
     """A nibabel image of the file: the same error class, and the message says the same after naming the input."""
     seg, _, _ = setup
-    path, words, options = bad[name]
-    api = _api(seg, options)
+    path, _ = bad[name]
+    api = _api(seg, name)
     with pytest.raises(CaseError) as from_file:
         api(path)
     with pytest.raises(CaseError) as from_memory:
@@ -151,11 +111,11 @@ def test_a_good_image_gets_the_same_labels_and_notes_through_both(setup):
     np.testing.assert_array_equal(np.asarray(from_image.dataobj), cli.transpose(2, 1, 0))
 
 
-def test_calls_are_serialised(setup, bad, monkeypatch):
+def test_calls_are_serialised(setup, small_case, monkeypatch):
     """Three threads share one Segmenter: at no moment do two cases run at once, and each gets the result of one alone.
     Without the Segmenter's lock the instrumented phase sees several callers at once and this fails."""
-    seg, root, _ = setup
-    image = sitk.ReadImage(str(root / "bad" / "big.nii.gz"))
+    seg, _, _ = setup
+    image = sitk.ReadImage(str(small_case))
     expected = sitk.GetArrayFromImage(seg(image))
     inside, most = [0], [0]
     original = seg.predictor.predict
@@ -185,21 +145,44 @@ def test_calls_are_serialised(setup, bad, monkeypatch):
         np.testing.assert_array_equal(r, expected)
 
 
-def test_work_that_leaves_the_gpu_is_said_once_and_recorded(setup, bad, monkeypatch):
-    """A CUDA out-of-memory that moves work to the CPU is one warning line and a note of the case (the provenance)."""
-    seg, root, _ = setup
-    image = sitk.ReadImage(str(root / "bad" / "big.nii.gz"))
-    original = seg.predictor.predict
+class _OutOfMemory:
+    """``torch`` as one module sees it, except that ``allocation`` (torch.zeros, torch.empty) called by the function
+    ``inside`` on a given device raises what torch.cuda raises when the GPU is full (torch.OutOfMemoryError); without
+    a device (the CPU's), or called elsewhere, it allocates."""
 
-    def running_out(*args, **kwargs):
-        seg.predictor.note_fallback("the blending canvas")  # what the canvas allocation does on OutOfMemoryError
-        return original(*args, **kwargs)
+    def __init__(self, allocation: str, inside: str):
+        self.allocation, self.inside = allocation, inside
 
-    monkeypatch.setattr(seg.predictor, "predict", running_out)
+    def __getattr__(self, name):
+        allocate = getattr(torch, name)
+        if name != self.allocation:
+            return allocate
+
+        def full(*args, **kwargs):
+            if "device" in kwargs and sys._getframe(1).f_code.co_name == self.inside:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return allocate(*args, **kwargs)
+        return full
+
+
+def test_work_that_leaves_the_gpu_is_said_once_and_recorded(setup, small_case, monkeypatch):
+    """Out of memory when the sliding window allocates its blending canvas and when the export allocates its label
+    grid: the except branches of stunet.prediction.sliding_window and stunet.prediction.export run, each says so in
+    one warning and a note of the case, the labels are those of a run with room, and the next case starts without
+    the notes."""
+    from stunet.prediction import export, sliding_window
+
+    seg, _, _ = setup
+    path = small_case
+    expected = sitk.GetArrayFromImage(seg(path))
+    monkeypatch.setattr(sliding_window, "torch", _OutOfMemory("zeros", "feature_slabs"))
+    monkeypatch.setattr(export, "torch", _OutOfMemory("empty", "fine_labels"))
     with pytest.warns(UserWarning, match="did not fit in the memory of cpu; it was computed on the CPU") as caught:
-        seg(image)
-    assert len([w for w in caught if "did not fit" in str(w.message)]) == 1
-    assert any("the blending canvas did not fit" in n for n in seg.last.notes)
+        labels = sitk.GetArrayFromImage(seg(path))
+    for what in ("the blending canvas", "the export"):
+        assert len([w for w in caught if f"{what} did not fit" in str(w.message)]) == 1, [str(w.message) for w in caught]
+        assert len([n for n in seg.last.notes if f"{what} did not fit" in n]) == 1, seg.last.notes
+    np.testing.assert_array_equal(labels, expected)
     monkeypatch.undo()
-    seg(image)  # the next case starts without it
+    seg(path)  # the next case starts without them
     assert not any("did not fit" in n for n in seg.last.notes)
