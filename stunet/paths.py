@@ -12,14 +12,24 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
+from typing import Sequence
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")  # what ITK reads by ending, found here in any case
 
 
+def split_ending(path: str | Path, endings: Sequence[str] = IMAGE_ENDINGS) -> tuple[str, str] | None:
+    """(stem, ending in lower case) of ``path``'s name for the first of ``endings`` it ends in, whatever the case
+    (``CT.NII.GZ`` -> ``("CT", ".nii.gz")``); None for other names."""
+    name = Path(path).name
+    lowered = name.lower()
+    ending = next((ending for ending in endings if lowered.endswith(ending)), None)
+    return None if ending is None else (name[:-len(ending)], ending)
+
+
 def image_ending(path: str | Path) -> str:
     """The image ending of ``path``'s name in lower case (``CT.NII.GZ`` -> ``.nii.gz``), or "" for other names."""
-    lowered = Path(path).name.lower()
-    return next((ending for ending in IMAGE_ENDINGS if lowered.endswith(ending)), "")
+    split = split_ending(path)
+    return split[1] if split else ""
 
 
 def is_utf8(text: str | Path) -> bool:

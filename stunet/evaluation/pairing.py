@@ -19,6 +19,7 @@ from stunet.clinical.dicom_seg import require  # the dicom extra, for DICOM-SEG 
 from stunet.io.json_file import read_json
 from stunet.io.reader import DEFAULT_MAX_VOXELS, Image, read_image
 from stunet.labels import canonical
+from stunet.paths import split_ending
 
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.dcm", ".dcm")
 DICOM_ENDINGS = (".seg.dcm", ".dcm")
@@ -26,12 +27,9 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def split_name(path: Path) -> tuple[str, str] | None:
-    """(case name, ending in lower case) of a label image's file name; None for other files."""
-    lowered = Path(path).name.lower()
-    for ending in ENDINGS:
-        if lowered.endswith(ending) and len(lowered) > len(ending):
-            return Path(path).name[:-len(ending)], ending
-    return None
+    """(case name, ending in lower case) of a label image's file name; None for other files and empty case names."""
+    split = split_ending(path, ENDINGS)
+    return split if split and split[0] else None
 
 
 def _label_files(folder: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ import re
 import tempfile
 
 from stunet.errors import CaseError
-from stunet.paths import IMAGE_ENDINGS, image_ending
+from stunet.paths import IMAGE_ENDINGS, split_ending
 
 ENDINGS = IMAGE_ENDINGS  # found in any case (CT.NII.GZ); outputs end in lower case
 _CHANNEL = re.compile(r"(.+)_(\d{4})", re.DOTALL)  # fullmatch; a newline in a name keeps its suffix
@@ -23,14 +23,8 @@ class Case:
     problem: str | None = field(default=None)
 
 
-def split_name(path: Path) -> tuple[str, str] | None:
-    """(stem, ending in lower case) of an image file name, whatever the case of its ending; None for other files."""
-    ending = image_ending(path)
-    return (path.name[:-len(ending)], ending) if ending else None
-
-
 def has_image_ending(path: Path) -> bool:
-    return split_name(Path(path)) is not None
+    return split_ending(path) is not None
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -58,7 +52,7 @@ def find_cases(source: Path, channels: int) -> list[Case]:
     endings: dict[str, str] = {}
     clashes: dict[str, list[Path]] = {}  # case name -> files that claim the same channel
     for path in files:
-        split = split_name(path)
+        split = split_ending(path)
         if split is None:
             continue
         stem, ending = split
