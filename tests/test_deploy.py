@@ -181,22 +181,27 @@ def test_two_channels_and_an_anisotropic_patch(setup, backend):
 
 def test_the_export_is_cached_beside_the_weights_and_reused(setup, monkeypatch):
     import stunet
-    from stunet.deploy import cache, engines, export
-    from stunet.deploy.cache import file_sha256
+    from stunet.deploy import engines, export
+    from stunet.deploy.cache import file_sha256, weights_sha256
+    from stunet.prediction.model import load_model_folder
 
     stunet.Segmenter.from_model_folder(setup["one"], backend="openvino")  # exported by an earlier test or now
-    sha = file_sha256(setup["one"] / "fold_0" / "checkpoint_final.pth")
-    entry = setup["one"] / "fold_0" / "stunet-deploy" / \
-        f"{sha[:16]}-16x32x32-openvino-{engines.engine_version('openvino')}"
-    assert (entry / "features.onnx").is_file() and any((entry / "openvino").iterdir())  # OpenVINO's compiled model
+    sha = weights_sha256(load_model_folder(setup["one"]).networks[0])
+    entries = list((setup["one"] / "fold_0" / "stunet-deploy").iterdir())
+    entry = setup["one"] / "fold_0" / "stunet-deploy" / f"{sha[:16]}-16x32x32"
+    assert entries == [entry]  # one copy of the graph, whichever engines ran it
+    assert (entry / "features.onnx").is_file()
+    assert any((entry / f"openvino-{engines.engine_version('openvino')}").iterdir())  # OpenVINO's compiled model
     record = json.loads((entry / "export.json").read_text())
-    assert record["output"] == "features" and record["sha256"] == sha
+    assert record["output"] == "features" and record["weights_sha256"] == sha
+    assert record["files"]["features.onnx"]["sha256"] == file_sha256(entry / "features.onnx")
+    assert f"openvino {engines.engine_version('openvino')}" in record["checks"]
 
     def no_export(*args, **kwargs):
-        raise AssertionError("exported again")
+        raise AssertionError("exported or checked again")
 
     monkeypatch.setattr(export, "export_graph", no_export)
-    monkeypatch.setattr(cache, "file_sha256", no_export)  # the recorded checksum is used
+    monkeypatch.setattr(export, "compare", no_export)
     stunet.Segmenter.from_model_folder(setup["one"], backend="openvino")
 
 
