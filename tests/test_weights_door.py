@@ -18,23 +18,19 @@ from stunet.cli.convert import main as convert
 from stunet.nnunet.plans import CONFIGURATION, dataset_json_for_pretrained, plans_for_pretrained
 from stunet.prediction.model import load_model_folder, load_pretrained
 from stunet.weights import loading, transfer
-from stunet.weights.pretrained import get_pretrained_config, register_pretrained_config, unregister_pretrained_config
+from stunet.weights.pretrained import register_pretrained_config, unregister_pretrained_config
+from test_weights import tiny_config
 
 NAME = "stunet_small.doortest"
 REPO = "test/stunet-door"
 
 
 def door_config(sha256: str | None = None) -> dict:
-    """An STU-Net-S layout with widths 2 ... 32 and 3 classes, its checkpoint an nnU-Net v2 file on ``REPO``."""
-    base = get_pretrained_config("stunet_small.totalseg104")
-    return {"name": NAME, "model": "stunet_small", "description": "a test release",
-            "architecture": {"in_channels": 1, "num_classes": 3, "strides": [[2, 2, 2]] * 5, "kernel_sizes": 3,
-                             "widths": [2, 4, 8, 16, 32, 32]},
-            "preprocessing": {**base.preprocessing, "patch_size": [32, 32, 64]},
-            "labels": {"0": "background", "1": "ball", "2": "box"},
+    """test_weights' tiny release (widths 2 ... 32, 3 classes), its checkpoint an nnU-Net v2 file on ``REPO`` trained
+    with STUNetTrainer (any size: the layout is custom)."""
+    return {**tiny_config(NAME, REPO), "sources": [{"hub": REPO, "file": "door.pth"}],
             "checkpoint": {"file": "door.pth", "format": "nnunet-v2", "trainer": "STUNetTrainer",
-                           **({"sha256": sha256} if sha256 else {})},
-            "sources": [{"hub": REPO, "file": "door.pth"}]}
+                           **({"sha256": sha256} if sha256 else {})}}
 
 
 @pytest.fixture(scope="module")
