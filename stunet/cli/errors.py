@@ -8,7 +8,9 @@ import functools
 import sys
 
 from stunet import settings
-from stunet.errors import CaseError, CheckpointError
+from stunet.errors import CaseError, CheckpointError, one_line, printable
+
+__all__ = ["cli_entry", "debugging", "one_line", "printable"]
 
 ENV_DEBUG = settings.DEBUG
 EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
@@ -18,20 +20,6 @@ EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExist
 def debugging(argv: list[str] | None = None) -> bool:
     """``--debug`` among the arguments, or ``STUNET_DEBUG`` set to yes (:func:`stunet.settings.debug`)."""
     return "--debug" in (argv or []) or settings.debug()
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on one line of any terminal or log: bytes of file names that do not decode
-    (``\\udcff``) and control characters, line breaks included, written as escapes."""
-    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-def one_line(text: str, limit: int = 2000) -> str:
-    """``text`` on one line (:func:`printable`, its lines joined with '; '), at most ``limit`` characters: a line
-    break in a file name cannot forge a line of the log."""
-    joined = "; ".join(printable(line.strip()) for line in str(text).splitlines() if line.strip())
-    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""What stunet-predict writes beside each segmentation: statistics, previews, DICOM-SEG, and the run's provenance.
+"""What a folder run writes for each case (:func:`write_case`: the segmentation and, beside it, statistics, previews,
+probabilities, DICOM-SEG), and for the folder: ``statistics.csv`` and ``provenance.json``.
 
 Every file goes through :func:`stunet.atomic.atomic_write`. Label names travel with every output: ``labels.json``,
 the NIfTI header's ``descrip`` field (``stunet labels 1=liver;2=spleen...``, cut at 80 bytes) and a NIfTI header
@@ -7,7 +8,10 @@ the preview's legend.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import sys
 import time
@@ -18,7 +22,12 @@ import SimpleITK as sitk
 
 from stunet.atomic import atomic_write
 from stunet.digest import file_sha256
+from stunet.errors import CaseError
+from stunet.paths import image_ending, is_utf8
 from stunet.version import __version__
+
+PROVENANCE = "provenance.json"
+PROVENANCE_LOCK = ".stunet-provenance.lock"
 
 
 def label_description(names: dict[int, str]) -> str:
@@ -73,3 +82,97 @@ def write_seg_for_series(target: Path, labels: sitk.Image, series, names: dict[i
                          f"it is read); unzip it first")
     atomic_write(target, lambda tmp: write_dicom_seg(tmp, sitk.GetArrayFromImage(labels), series.files, names,
                                                      software_version=__version__), partial)
+
+
+def write_case(result, segmenter, writer, target: Path, names: dict[int, str], partial: Path, *, statistics: bool,
+               preview: bool, nifti: bool, seg_target: Path | None) -> None:
+    """Every output of one case (a :class:`~stunet.prediction.case.CaseResult`), each written atomically, beside
+    ``target``, the file that marks the case done, written last: statistics and preview (when the result kept its
+    image), probabilities (when it has them), the DICOM-SEG at ``seg_target`` and, with ``nifti``, the label file
+    in the input's format with the label names in its header."""
+    out_dir = target.parent
+    seg, properties = result.labels, result.properties
+    if result.image is not None:
+        write_extras(out_dir, result.name, seg, result.image, properties["spacing"], names, partial, statistics,
+                     preview, result.quality)
+    if result.probabilities is not None:
+        atomic_write(out_dir / f"{result.name}.npz", lambda tmp: np.savez_compressed(
+            tmp, probabilities=result.probabilities, labels=np.array([names[i] for i in sorted(names)])), partial)
+    if seg_target is not None:
+        write_seg_for_series(seg_target, segmenter.to_sitk(seg, properties), result.series, names, partial)
+    if nifti:
+        def write(tmp: Path) -> None:
+            # ITK aborts on a name that is not UTF-8: it writes a plain one, renamed afterwards
+            plain = tmp if is_utf8(tmp) else tmp.with_name("output" + image_ending(tmp))
+            writer.write_seg(seg, str(plain), properties)
+            if plain != tmp:
+                os.replace(plain, tmp)
+            if tmp.name.endswith((".nii.gz", ".nii")):
+                describe_nifti(tmp, names)
+        atomic_write(target, write, partial)
+
+
+def statistics_csv(out_dir: Path, names: list[str]) -> str | None:
+    """The text of statistics.csv over the cases ``names`` whose statistics JSON is in ``out_dir`` (predicted now or
+    before, by this process or another part); None when there is none."""
+    from stunet.clinical.statistics import csv_rows, csv_text
+    rows = []
+    for name in names:
+        path = out_dir / f"{name}.statistics.json"
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows += csv_rows(name, {k: {f: (float("nan") if v is None else v) for f, v in e.items()}
+                                for k, e in stats.items()})
+    return csv_text(rows) if rows else None
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path):
+    """Hold the output folder's provenance lock (``flock`` on ``.stunet-provenance.lock``, removed on release).
+
+    The lock file is removed by its holder, so a process that waited on a removed file takes the lock again on the
+    file now at the path. File systems without ``flock`` (some parallel file systems) are written without it."""
+    path = out_dir / PROVENANCE_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise CaseError(f"{path}: cannot be opened as the lock of {PROVENANCE} ({e.strerror}); remove it") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system
+            os.close(fd)
+            yield
+            return
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def record_cases(out_dir: Path, run: dict, cases: dict[str, dict]) -> None:
+    """Merge ``cases`` (name -> its record) into ``out_dir/provenance.json``, whose other fields become ``run``'s.
+
+    Read, merge and the atomic replacement happen under the folder's lock, so processes sharing the folder (parts,
+    overlapping runs, reruns) keep each other's records: the file lists every case ever recorded there once, with
+    its latest record. An unreadable provenance.json is replaced."""
+    out_dir = Path(out_dir)
+    with _folder_lock(out_dir):
+        try:
+            previous = json.loads((out_dir / PROVENANCE).read_text()).get("cases")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            previous = None
+        merged = {**(previous if isinstance(previous, dict) else {}), **cases}
+        text = json.dumps({**run, "cases": merged}, indent=2)
+        atomic_write(out_dir / PROVENANCE, lambda tmp: tmp.write_text(text))

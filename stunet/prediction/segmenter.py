@@ -1,15 +1,23 @@
-"""Load a model once, segment many images in memory: ``stunet.Segmenter``.
+"""Load a model once, segment many images in memory or folders on disk: ``stunet.Segmenter``.
 
-    seg = stunet.Segmenter(pretrained="stunet_base.totalseg104")          # or Segmenter.from_model_folder(folder)
+    seg = stunet.Segmenter.from_path("stunet_base.totalseg104")           # a released name, a model folder, or an
+                                                                           # exported .onnx file
     labels = seg(nib.load("ct.nii.gz"))                                    # a nibabel image with the input's affine
     labels, probs = seg(sitk.ReadImage("ct.nii.gz"), probabilities=True)  # a SimpleITK image (+ float16 maps)
     labels = seg(array, spacing=(0.8, 0.8, 1.5))                           # a numpy array placed by spacing or affine
+    run = seg.predict_folder("cts/", "segs/")                              # what stunet-predict -i cts/ -o segs/ does
 
 A call runs :func:`stunet.prediction.case.predict_case`, the path ``stunet-predict`` runs for every case: the same
 checks of files, headers, geometry, voxel budget and values (an image the command refuses raises the same
 :class:`~stunet.errors.CaseError` here; repaired NaN/inf voxels are warned), nnU-Net's preprocessing, the blended
 sliding window and the export onto the input's grid. One lock serialises the calls, so a Segmenter can be shared
-between threads. :meth:`provenance` gives the record the command writes as provenance.json.
+between threads. :meth:`predict_folder` runs :func:`stunet.prediction.folder.predict_folder`, the command's folder
+run; :meth:`provenance` gives the record it writes as provenance.json.
+
+The device is the command's: ``"auto"`` is CUDA when available (torch backend), and ``"cuda"`` under torchrun or
+srun is the local rank's GPU (:func:`~stunet.prediction.parts.local_device`). A Segmenter whose network runs on the
+CPU configures the process's allocator with :func:`stunet.cpu_memory.reuse_freed_memory` (faster forward passes; the
+process keeps its peak memory).
 """
 from __future__ import annotations
 
@@ -23,23 +31,62 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from stunet.cpu_memory import reuse_freed_memory
 from stunet.deploy.engines import check_backend, describe_backend
-from stunet.deploy.sidecar import GraphNetwork
+from stunet.deploy.sidecar import GraphNetwork, read_exported
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.case import CaseResult, predict_case
+from stunet.prediction.folder import FolderRun, predict_folder
 from stunet.prediction.images import labels_to_sitk
 from stunet.prediction.model import Model, load_model_folder, load_pretrained
 from stunet.prediction.output_labels import output_labels
 from stunet.prediction.outputs import label_description, provenance
+from stunet.prediction.parts import local_device
 from stunet.prediction.sliding_window import Predictor
+from stunet.weights.pretrained import list_pretrained
+
+
+def choose_device(device: str, backend: str = "torch") -> str:
+    """The device a Segmenter runs on: ``"auto"`` is CUDA when available and the backend is torch, else the CPU;
+    ``"cuda"`` under torchrun or srun is the local rank's GPU. On the CPU the allocator keeps freed memory for reuse
+    (:func:`~stunet.cpu_memory.reuse_freed_memory`)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"
+    device = local_device(device)
+    if torch.device(device).type == "cpu":
+        reuse_freed_memory()
+    return device
+
+
+def is_exported(source: str | Path) -> bool:
+    """Whether ``source`` names an exported graph (``OUT.onnx``, with its sidecar ``OUT.json``)."""
+    return Path(source).suffix == ".onnx"
+
+
+def load_source(source: str | Path, folds: Sequence[str] | None = None, checkpoint: str | Path | None = None,
+                checkpoint_name: str = "checkpoint_final.pth", trust: bool = False) -> Model:
+    """The model of ``source``: a released model's name (a ``str`` among
+    :func:`~stunet.weights.pretrained.list_pretrained`; its weights from ``checkpoint``, else the cache), an
+    exported ``.onnx`` file with its sidecar, or an nnU-Net v2 model folder (``folds``, ``checkpoint_name``). A
+    ``Path`` is always a file or folder."""
+    if isinstance(source, str) and source in list_pretrained():
+        return load_pretrained(source, checkpoint, trust=trust)
+    if checkpoint is not None:
+        raise ValueError(f"checkpoint= goes with a released model's name ({', '.join(list_pretrained())}), not "
+                         f"{source}")
+    if is_exported(source):
+        if folds:
+            raise ValueError(f"{source}: folds go with a model folder; an ONNX file holds one network")
+        return Model(**read_exported(source))
+    return load_model_folder(source, folds, checkpoint_name, trust=trust)
 
 
 class Segmenter:
     """A model loaded once, segmenting images in memory or on disk. Thread-safe: calls are serialised.
 
     ``Segmenter(pretrained=NAME[, checkpoint=FILE])`` or ``Segmenter(model_folder=FOLDER[, folds=...])`` (also
-    ``Segmenter.from_model_folder``); ``labels=`` / ``label_map=`` restrict or map the output labels and
-    ``max_voxels=`` sets the voxel budget, as ``stunet-predict --labels/--label-map/--max-voxels`` do;
+    ``Segmenter.from_model_folder``, and ``Segmenter.from_path`` for either or an exported graph); ``labels=`` /
+    ``label_map=`` restrict or map the output labels and ``max_voxels=`` sets the voxel budget, as ``stunet-predict --labels/--label-map/--max-voxels`` do;
     ``backend="onnxruntime"`` or ``"openvino"`` runs the networks as exported graphs on the CPU (as ``--backend``;
     docs/deployment.md), at ``precision``.
     """
@@ -54,14 +101,13 @@ class Segmenter:
             raise ValueError("give one of pretrained=NAME, model_folder=FOLDER or model=Model")
         if checkpoint is not None and pretrained is None:
             raise ValueError("checkpoint= goes with pretrained=NAME (the released model it is)")
+        device = choose_device(device, backend)
         if model is None:
             model = (load_pretrained(pretrained, checkpoint, trust=trust) if pretrained
                      else load_model_folder(model_folder, folds, checkpoint_name, trust=trust))
         check_backend(backend)
         if backend == "torch" and any(isinstance(n, GraphNetwork) for n in model.networks):
             raise ValueError("an exported ONNX graph runs on the onnxruntime or openvino backend, not torch")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"
         self.model = model
         self.predictor = Predictor(model, device, step_size, mirroring, precision, backend=backend)
         self.label_names, self.lookup, self.members = output_labels(model.label_names, label_map, labels)
@@ -78,6 +124,19 @@ class Segmenter:
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: Sequence[str] | None = None, **kwargs) -> "Segmenter":
         return cls(model_folder=folder, folds=folds, **kwargs)
+
+    @classmethod
+    def from_path(cls, source: str | Path, folds: Sequence[str] | None = None, *,
+                  checkpoint: str | Path | None = None, checkpoint_name: str = "checkpoint_final.pth",
+                  trust: bool = False, backend: str | None = None, **kwargs) -> "Segmenter":
+        """A Segmenter of a released model's name, an exported ``.onnx`` file or a model folder (:func:`load_source`),
+        as ``stunet-predict --pretrained`` / ``-m`` load them. ``backend`` defaults to ``"onnxruntime"`` for an
+        ONNX file and ``"torch"`` otherwise; the other keywords are the constructor's."""
+        if backend is None:
+            backend = "onnxruntime" if is_exported(source) else "torch"
+        device = choose_device(kwargs.pop("device", "auto"), backend)  # the allocator is set before the loading
+        model = load_source(source, folds, checkpoint, checkpoint_name, trust)
+        return cls(model=model, device=device, backend=backend, **kwargs)
 
     # -- the engine predict_case drives ---------------------------------------------------------------------------
     def budget(self, probabilities: bool) -> VoxelBudget:
@@ -149,6 +208,11 @@ class Segmenter:
             out.header.set_xyzt_units(*reference.header.get_xyzt_units())
             out.header["descrip"] = self.description()[:79].encode()
         return (out, probs) if probabilities else out
+
+    def predict_folder(self, input: str | Path, output: str | Path, **settings) -> FolderRun:
+        """Segment a folder (or one file, a DICOM series, a zip) into the folder ``output`` as ``stunet-predict``
+        does: :func:`stunet.prediction.folder.predict_folder`, whose keywords ``settings`` are."""
+        return predict_folder(self, input, output, **settings)
 
     def to_sitk(self, seg: np.ndarray, properties: dict) -> sitk.Image:
         """A label map of :meth:`predict` as a SimpleITK image on the input's grid."""
