@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from importlib import resources
 from pathlib import Path
@@ -76,3 +77,47 @@ def load_label_map(name_or_path: str | Path) -> dict:
 def name_map_of(label_map: dict) -> dict[str, list[str]]:
     """Target label name -> source label names, as :func:`match_labels` takes it."""
     return {entry["name"]: entry["from"] for entry in label_map["labels"].values()}
+
+
+# -- nnU-Net's dataset.json labels ----------------------------------------------------------------------------------
+IGNORE = "ignore"  # nnU-Net's name of the ignore label
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def label_values_of(dataset_json: Mapping, source: str = "dataset.json") -> dict[str, tuple[int, ...]]:
+    """Name -> indices of nnU-Net's dataset.json ``labels`` (``{"background": 0, "liver": 1, "tumour": [1, 2]}``: one
+    index, or a region's non-empty list of them). Raises ValueError, one line naming ``source``, for any other value
+    (``1.7``, ``true``, ``[]``) and for an index that two names claim alone."""
+    labels = dataset_json.get("labels") if isinstance(dataset_json, Mapping) else None
+    if not isinstance(labels, Mapping):
+        raise ValueError(f'{source}: no "labels" object (name -> label index)')
+    values: dict[str, tuple[int, ...]] = {}
+    named: dict[int, str] = {}
+    for name, value in labels.items():
+        indices = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if not indices or not all(_is_index(i) for i in indices):
+            raise ValueError(f"{source}: label {name!r} is {json.dumps(value, default=repr)}, not an integer index nor a non-empty "
+                             f"list of them (a region); fix the file")
+        if _is_index(value):
+            if int(value) in named:
+                raise ValueError(f"{source}: labels {named[int(value)]!r} and {name!r} both have index {value}; give "
+                                 f"each name its own index")
+            named[int(value)] = str(name)
+        values[str(name)] = tuple(int(i) for i in indices)
+    return values
+
+
+def is_region_based(dataset_json: Mapping) -> bool:
+    """Whether dataset.json's labels hold nnU-Net regions (a list of indices for a name)."""
+    return any(isinstance(v, (list, tuple)) for v in dataset_json.get("labels", {}).values())
+
+
+def label_names_of(dataset_json: Mapping, source: str = "dataset.json") -> dict[int, str]:
+    """Index -> name of dataset.json's labels that have one index each (regions have none), the ignore label left
+    out; checked as :func:`label_values_of` says."""
+    values = label_values_of(dataset_json, source)
+    regions = {str(name) for name, value in dataset_json["labels"].items() if isinstance(value, (list, tuple))}
+    return {indices[0]: name for name, indices in values.items() if name != IGNORE and name not in regions}

@@ -30,6 +30,7 @@ from torch import nn
 from stunet.atomic import atomic_write
 from stunet.deploy.limits import check_model_fields
 from stunet.errors import CheckpointError
+from stunet.labels import label_names_of
 from stunet.version import __version__
 from stunet.weights.plain import read_json_file
 
@@ -93,7 +94,7 @@ def model_fields(channels: int, classes: int, patch: Sequence[int], plans: dict,
                        "probabilities_kwargs": cfg.get("resampling_fn_probabilities_kwargs")},
         "normalization": normalization(plans, configuration, channel_names),
         "channel_names": channel_names,
-        "labels": {str(v): k for k, v in labels.items() if isinstance(v, int) and k != "ignore"},
+        "labels": {str(index): name for index, name in label_names_of(dataset_json).items()},
         **({"regions": regions, "regions_class_order": dataset_json.get("regions_class_order")} if regions else {}),
         "sliding_window": {"step_size": 0.5, "gaussian_sigma_scale": 0.125, "padding": "constant 0, to the patch",
                            "mirror_axes": list(mirror_axes) if mirror_axes is not None else None},

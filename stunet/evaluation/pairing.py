@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from stunet.clinical.dicom_seg import require  # the dicom extra, for DICOM-SEG label images
 from stunet.io.json_file import read_json
 from stunet.io.reader import DEFAULT_MAX_VOXELS, Image, read_image
-from stunet.labels import canonical
+from stunet.labels import IGNORE, canonical, label_values_of
 from stunet.paths import split_ending
 
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.dcm", ".dcm")
@@ -115,9 +115,8 @@ def parse_labels(data: dict, source: str = "") -> LabelSet:
     labels: dict[str, tuple[int, ...]] = {}
     ignore = None
     if isinstance(data.get("labels"), dict):  # dataset.json
-        for name, value in data["labels"].items():
-            values = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-            if name == "ignore":
+        for name, values in label_values_of(data, source or "dataset.json").items():
+            if name == IGNORE:
                 ignore = values[0]
             elif values != (0,):
                 labels[str(name)] = values

@@ -31,7 +31,7 @@ from stunet.errors import CheckpointError
 from stunet.cpu_memory import freed_memory_reused
 from stunet.nnunet.finetune import (PolyLRPerGroup, close_pretrained_route, open_pretrained_route, parameter_groups,
                                     unwrap)
-from stunet.labels import load_label_map, name_map_of
+from stunet.labels import is_region_based, label_names_of, load_label_map, name_map_of
 from stunet.nnunet.network import (build_for_configuration, build_from_plans, deep_supervision_scales,
                                    is_stunet_configuration, network_strides)
 from stunet.models.presets import PRESETS, preset_of
@@ -196,9 +196,7 @@ class STUNetTrainer(nnUNetTrainer):
                 raise CheckpointError(f"{path}: no such checkpoint file, nor the name of a released model "
                                       f"({', '.join(list_pretrained())})")
             release = get_pretrained_config(path)
-        labels = self.dataset_json["labels"]
-        target = None if any(isinstance(v, (list, tuple)) for v in labels.values()) else {
-            v: k for k, v in labels.items() if v != self.label_manager.ignore_label}
+        target = None if is_region_based(self.dataset_json) else label_names_of(self.dataset_json)
         label_map = self.stunet_options["label_map"][0]
         name_map = name_map_of(load_label_map(label_map)) if label_map else None
         report = load_pretrained(unwrap(self.network), release, True if release else path,

@@ -12,6 +12,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from stunet.errors import CheckpointError
+from stunet.labels import label_names_of
 from stunet.models.network import STUNet
 from stunet.weights.loading import load_pretrained as load_weights, read_weights
 from stunet.weights.plain import read_json_file
@@ -42,8 +43,7 @@ class Model:
 
     @property
     def label_names(self) -> dict[int, str]:
-        labels = self.dataset_json["labels"]
-        return {int(v): k for k, v in labels.items() if isinstance(v, int) and k != "ignore"}
+        return label_names_of(self.dataset_json, f"{self.description or 'the model'}: dataset.json")
 
 
 def _build_from_trainer(trainer_name: str, plans_manager: PlansManager, configuration: str, dataset_json: dict):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from stunet.errors import CheckpointError
+from stunet.labels import is_region_based, label_names_of
 from stunet.weights.pickle_guard import MIB
 from stunet.weights.plain import MAX_PLAIN_TEXT, plain_data
 from stunet.weights.safe_load import read_pickle, torch_load
@@ -41,9 +42,8 @@ class Checkpoint:
         if "labels" in self.metadata:
             return {int(k): v for k, v in json.loads(self.metadata["labels"]).items()}
         if self.dataset_json and "labels" in self.dataset_json:
-            labels = self.dataset_json["labels"]
-            if all(isinstance(v, int) for v in labels.values()):
-                return {v: k for k, v in labels.items()}
+            if not is_region_based(self.dataset_json):
+                return label_names_of(self.dataset_json, f"{self.path}: dataset.json")
         return None
 
 
