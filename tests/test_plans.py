@@ -4,6 +4,7 @@ import json
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,7 @@ def _predictor_plans(config, companion, tmp_path, monkeypatch) -> dict:
         with torch.device("meta"):
             net = model_builder(done.model)(**done.architecture, deep_supervision=False)
         net.pretrained_config = done
+        net.load_report = types.SimpleNamespace(path=Path(pretrained), mirror_axes=(0, 1, 2))
         return net
 
     monkeypatch.setattr(factory, "create_model", network)
