@@ -3,14 +3,12 @@ copied with bounded size and depth (shared references cannot explode in a later 
 """
 from __future__ import annotations
 
-import json
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from stunet.errors import CheckpointError
+from stunet.io.json_file import read_json
 from stunet.weights.pickle_guard import MIB
 
 MAX_PLAIN_NODES = 100_000  # values in plans / dataset.json / metadata, shared references counted each time
@@ -113,20 +111,9 @@ def read_json_file(path: str | Path, what: str = "the file") -> dict:
     most MAX_PLAIN_TEXT bytes is read (a FIFO, a device or a link to one is refused without waiting on it)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise CheckpointError(f"{path}: not a regular file (a FIFO, a device or a folder); {what} is read "
-                                      f"only from one")
-            data = f.read(MAX_PLAIN_TEXT + 1)
-        if len(data) > MAX_PLAIN_TEXT:
-            raise CheckpointError(f"{path}: larger than {MAX_PLAIN_TEXT // MIB} MiB; not an nnU-Net JSON file")
-        content = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160] or type(e).__name__})"
-                              ) from None
+        content = read_json(path, MAX_PLAIN_TEXT)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
     content = plain_data(content, path, what)
