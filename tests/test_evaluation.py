@@ -218,9 +218,10 @@ def test_cropping_is_exact():
     pred = np.roll(ref, 1, axis=1)
     pred[rng.random(shape) > 0.998] = 5  # scattered voxels: a box as large as the image
     from stunet.evaluation.evaluate import _case_jobs, _job
-    from stunet.evaluation.pairing import LabelSet
+    from stunet.evaluation.pairing import LabelSet, label_boxes
     labels = LabelSet({f"l{v}": (v,) for v in range(1, 9)})
-    jobs = list(_case_jobs("c", ref, pred, spacing, labels, ALL, M.Tolerances(1.0)))
+    jobs = list(_case_jobs("c", ref, pred, label_boxes(ref, "ref"), label_boxes(pred, "pred"), spacing, labels, ALL,
+                           M.Tolerances(1.0)))
     assert {j[1] for j in jobs} == set(labels.labels)
     for job in jobs:
         _, name, ours, _, _ = _job(*job)

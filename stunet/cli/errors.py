@@ -10,7 +10,7 @@ import sys
 from stunet import settings
 from stunet.errors import CaseError, CheckpointError, one_line, printable
 
-__all__ = ["cli_entry", "debugging", "one_line", "printable"]
+__all__ = ["cli_entry", "debugging", "interrupt_ends", "one_line", "printable"]
 
 ENV_DEBUG = settings.DEBUG
 EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
@@ -35,6 +35,17 @@ def _one_line_usage(prog: str):
         yield
     finally:
         argparse.ArgumentParser.error = original
+
+
+@contextlib.contextmanager
+def interrupt_ends(prog: str):
+    """Ctrl-C (KeyboardInterrupt) inside the block ends the command with one line, ``prog: interrupted``, and exit
+    status 130 (128 + SIGINT), as shells report a command that SIGINT stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def cli_entry(prog: str):

@@ -1,7 +1,9 @@
 """``stunet-evaluate``: compare predicted label images with reference ones, case by case and label by label.
 
 Writes OUT/metrics.csv (one row per case and label), OUT/summary.json (per label and over labels: mean, median, std,
-count of each metric; the empty cases) and OUT/report.html (one self-contained page). See docs/evaluation.md.
+count of each metric; the empty cases) and OUT/report.html (one self-contained page), as one set: with --no-report an
+earlier run's report.html is removed; Ctrl-C ends the run with one line, exit status 130, nothing written. See
+docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import argparse
 import math
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, interrupt_ends, printable
 from stunet.evaluation.evaluate import default_processes, evaluate, print_progress
 from stunet.evaluation.metrics import DEFAULT_METRICS, DEFAULT_NSD_TOLERANCE_MM, METRICS, STEMS, SUITES
 
@@ -44,23 +46,24 @@ def _parser() -> argparse.ArgumentParser:
                         "folder, else every label found, as label_N)")
     p.add_argument("-np", "--num-processes", type=int, default=default_processes(),
                    help=f"processes comparing labels in parallel (default {default_processes()})")
-    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (an earlier one in OUT is removed)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
 @cli_entry("stunet-evaluate")
 def main(argv=None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.num_processes < 1:
-        parser.error("-np must be 1 or more")
-    rows = evaluate(args.reference, args.prediction, args.output, metrics=args.metrics,
-                    nsd_tolerance=args.nsd_tolerance, suite=args.suite, labels=args.labels,
-                    num_processes=args.num_processes, report=not args.no_report,
-                    progress=None if args.quiet else print_progress)
+    with interrupt_ends("stunet-evaluate"):
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.num_processes < 1:
+            parser.error("-np must be 1 or more")
+        rows = evaluate(args.reference, args.prediction, args.output, metrics=args.metrics,
+                        nsd_tolerance=args.nsd_tolerance, suite=args.suite, labels=args.labels,
+                        num_processes=args.num_processes, report=not args.no_report,
+                        progress=None if args.quiet else print_progress)
     cases = len({r["case"] for r in rows})
     dice = [r["dice"] for r in rows if "dice" in r and not math.isnan(r["dice"])]
     extra = f", mean Dice {sum(dice) / len(dice):.4f}" if dice else ""
     written = "metrics.csv, summary.json" + ("" if args.no_report else ", report.html")
-    print(f"stunet-evaluate: {cases} case(s), {len(rows)} rows{extra}; {written} in {args.output}")
+    print(f"stunet-evaluate: {cases} case(s), {len(rows)} rows{extra}; {written} in {printable(args.output)}")

@@ -7,18 +7,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, interrupt_ends, printable
 from stunet.evaluation.predictions import report_predictions
 
 
 @cli_entry("stunet-report")
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="stunet-report", description=__doc__.split(": ", 1)[1])
-    parser.add_argument("predictions", type=Path, help="a stunet-predict output folder (label images, labels.json, "
-                                                       "case.statistics.json)")
-    parser.add_argument("-o", "--output", type=Path, help="the page (default PREDICTIONS/report.html), or a folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = parser.parse_args(argv)
-    target = report_predictions(args.predictions, args.output, progress=None if args.quiet else (
-        lambda message: print(f"stunet-report: {message}", file=sys.stderr, flush=True)))
-    print(f"stunet-report: wrote {target}")
+    with interrupt_ends("stunet-report"):
+        parser = argparse.ArgumentParser(prog="stunet-report", description=__doc__.split(": ", 1)[1])
+        parser.add_argument("predictions", type=Path, help="a stunet-predict output folder (label images, labels.json, "
+                                                           "case.statistics.json)")
+        parser.add_argument("-o", "--output", type=Path, help="the page (default PREDICTIONS/report.html), or a folder")
+        parser.add_argument("--quiet", action="store_true", help="no progress lines")
+        args = parser.parse_args(argv)
+        target = report_predictions(args.predictions, args.output, progress=None if args.quiet else (
+            lambda message: print(f"stunet-report: {printable(message)}", file=sys.stderr, flush=True)))
+    print(f"stunet-report: wrote {printable(target)}")

@@ -1,52 +1,57 @@
 """``stunet.evaluate``: reference and predicted label images of a cohort, paired by case name, compared label by label.
 
-One pass per image finds every label's bounding box (``scipy.ndimage.find_objects``); each label is then cut to its
+One pass per image finds every label's bounding box (:func:`.pairing.label_boxes`); each label is then cut to its
 own box in the reference and in the prediction, and only those crops are compared (:func:`.metrics.compare`). That is
 exact: a mask is empty outside its box, its surface lies within the box's corners, and the surface distances are
 found between surface points (a k-d tree), so no margin is needed and no distance is cut off. The labels' crops are
 compared in a process pool (``num_processes``, default ``min(2, cpu count)``) with a bounded number of crops in
-flight, so memory stays near the two label images of one case and a few crops.
+flight, so memory stays near the two label images of one case and a few crops. The pool's workers ignore SIGINT:
+Ctrl-C reaches the main process alone, which stops the run before anything is written.
+
+The outputs of a run are one set: metrics.csv, summary.json and report.html are all made in memory first, then
+written together (each atomically, :func:`stunet.atomic.atomic_write`, with SIGINT held back until the last is in
+place), and a report.html of an earlier run is removed when this run writes none.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import multiprocessing
 import os
+import re
+import signal
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from stunet.atomic import atomic_write
+from stunet.errors import printable
 from stunet.evaluation.metrics import Crop, Tolerances, compare, parse_metrics, parse_tolerances, suite_name, SUITES
-from stunet.evaluation.pairing import (LabelSet, default_name, find_label_set, pair_cases, parse_labels,
-                                       read_label_file, read_pair)
+from stunet.evaluation.pairing import (LabelSet, default_name, find_label_set, label_boxes, pair_cases,
+                                       parse_labels, read_label_file, read_pair)
 from stunet.evaluation.summary import csv_columns, summarize, write_csv_text
 
 FIXED = ("case", "label", "name")
+OUTPUTS = ("metrics.csv", "summary.json", "report.html")
 
 
 def default_processes() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _boxes(array: np.ndarray) -> list:
-    if array.dtype == bool:
-        array = array.view(np.uint8)
-    return ndimage.find_objects(array)
-
-
-def _union(boxes: list, values: Sequence[int]) -> tuple[slice, ...] | None:
-    found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
+def _union(boxes: dict, values: Sequence[int]) -> tuple[slice, ...] | None:
+    found = [boxes[v] for v in values if v in boxes]
     if not found:
         return None
     return tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(len(found[0])))
 
 
-def _crop(array: np.ndarray, boxes: list, values: Sequence[int], exclude: np.ndarray | None = None) -> Crop:
+def _crop(array: np.ndarray, boxes: dict, values: Sequence[int], exclude: np.ndarray | None = None) -> Crop:
     box = _union(boxes, values)
     if box is None:
         return Crop(None, (0,) * array.ndim)
@@ -67,6 +72,10 @@ def _size(crop: Crop) -> int:
     return 0 if crop.mask is None else crop.mask.size
 
 
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Runner:
     """Runs jobs inline (one process) or in a pool, at most ``2 × processes`` crops in flight."""
 
@@ -75,7 +84,8 @@ class _Runner:
         self.pool = None
         if processes > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method))
+            self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method),
+                                            initializer=_quiet_worker)
 
     def run(self, jobs: Iterable[tuple]) -> Iterator[tuple]:
         if self.pool is None:
@@ -97,9 +107,8 @@ class _Runner:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _case_jobs(case: str, ref: np.ndarray, pred: np.ndarray, spacing, labels: LabelSet, metrics: Sequence[str],
-               tolerances: Tolerances) -> Iterator[tuple]:
-    ref_boxes, pred_boxes = _boxes(ref), _boxes(pred)
+def _case_jobs(case: str, ref: np.ndarray, pred: np.ndarray, ref_boxes: dict, pred_boxes: dict, spacing,
+               labels: LabelSet, metrics: Sequence[str], tolerances: Tolerances) -> Iterator[tuple]:
     exclude = ref == labels.ignore if labels.ignore is not None else None
     # largest first, so the pool's last jobs are short ones
     order = sorted(labels.labels.items(), key=lambda item: -_box_size(ref_boxes, pred_boxes, item[1]))
@@ -116,8 +125,8 @@ def _box_size(ref_boxes, pred_boxes, values) -> int:
     return total
 
 
-def _present_labels(ref: np.ndarray, pred: np.ndarray) -> LabelSet:
-    values = {i + 1 for boxes in (_boxes(ref), _boxes(pred)) for i, box in enumerate(boxes) if box is not None}
+def _present_labels(ref_boxes: dict, pred_boxes: dict) -> LabelSet:
+    values = set(ref_boxes) | set(pred_boxes)
     return LabelSet({default_name(v): (v,) for v in sorted(values)}, None, "the label images")
 
 
@@ -153,6 +162,11 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     suite_tolerance = SUITES[suite_name(suite)][1] if suite else None
     tolerances = parse_tolerances(nsd_tolerance, suite_tolerance)
     label_set = _resolve_labels(labels, reference, prediction)
+    if label_set is not None:
+        tolerances.check_names(label_set.labels, label_set.source)
+    else:
+        tolerances.check_names([n for n in tolerances.per_label if re.fullmatch(r"label_[1-9][0-9]*", n)],
+                               "the label images (labels found there are named label_N)")
     pairs = pair_cases(reference, prediction)
     say = progress or (lambda message: None)
     processes = default_processes() if num_processes is None else max(1, int(num_processes))
@@ -166,10 +180,12 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     try:
         for number, (case, ref_path, pred_path) in enumerate(pairs.cases, start=1):
             ref, pred = read_pair(case, ref_path, pred_path, label_set)
-            case_labels = label_set or _present_labels(ref.array, pred.array)
+            ref_boxes, pred_boxes = label_boxes(ref.array, ref_path), label_boxes(pred.array, pred_path)
+            case_labels = label_set or _present_labels(ref_boxes, pred_boxes)
             names_seen.update(case_labels.labels)
             for name_case, name, values, ref_voxels, pred_voxels in runner.run(_case_jobs(
-                    case, ref.array, pred.array, ref.spacing, case_labels, metric_names, tolerances)):
+                    case, ref.array, pred.array, ref_boxes, pred_boxes, ref.spacing, case_labels, metric_names,
+                    tolerances)):
                 rows.append({"case": name_case, "label": ",".join(map(str, case_labels.labels[name])), "name": name,
                              **values})
                 counts[(name_case, name)] = (ref_voxels, pred_voxels)
@@ -179,6 +195,7 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
         runner.close()
     if label_set is None:  # labels found in the images: a label absent from a case is empty in both there
         label_set = LabelSet(dict(sorted(names_seen.items(), key=lambda kv: kv[1])), None, "the label images")
+        tolerances.check_names(label_set.labels, label_set.source)
         empty = compare(Crop(None), Crop(None), (1.0,) * 3, metric_names)
         for case, _, _ in pairs.cases:
             for name, values in label_set.labels.items():
@@ -196,16 +213,41 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
 
 def write_outputs(out: Path, rows: list[dict], metric_names: Sequence[str], summary: dict, prediction: Path,
                   report: bool) -> None:
-    import json
-    out.mkdir(parents=True, exist_ok=True)
-    text = write_csv_text(rows, csv_columns(metric_names))
-    atomic_write(out / "metrics.csv", lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace"))
-    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2, allow_nan=False)))
+    """metrics.csv, summary.json and (``report``) report.html in ``out``, as one set: all made before any is written,
+    written with SIGINT held back, and an earlier run's report.html removed when ``report`` is off."""
+    texts = {"metrics.csv": write_csv_text(rows, csv_columns(metric_names)),
+             "summary.json": json.dumps(summary, indent=2, allow_nan=False)}
     if report:
         from stunet.evaluation.report import evaluation_report, read_quality
-        page = evaluation_report(rows, metric_names, summary, read_quality(prediction))
-        atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8", errors="backslashreplace"))
+        texts["report.html"] = evaluation_report(rows, metric_names, summary, read_quality(prediction))
+    with _sigint_held_back():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            if name in texts:
+                atomic_write(out / name, lambda tmp, text=texts[name]: tmp.write_text(
+                    text, encoding="utf-8", errors="backslashreplace"))
+            elif (out / name).is_file() or (out / name).is_symlink():
+                (out / name).unlink()
+
+
+@contextlib.contextmanager
+def _sigint_held_back():
+    """Ctrl-C during the block is raised as KeyboardInterrupt when the block ends (in the main thread; elsewhere no
+    handler can be set and the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def print_progress(message: str) -> None:
-    print(f"stunet-evaluate: {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr; names in it are escaped (:func:`stunet.errors.printable`), so none can forge a
+    line."""
+    print(f"stunet-evaluate: {printable(message)}", file=sys.stderr, flush=True)

@@ -85,13 +85,23 @@ class Tolerances:
     def of(self, name: str) -> float:
         return self.per_label.get(name, self.default)
 
+    def check_names(self, known: Iterable[str], source: str) -> None:
+        """ValueError, one line naming the known labels, for a per-label tolerance of a label not in ``known``."""
+        known = list(known)
+        unknown = [name for name in self.per_label if name not in known]
+        if unknown:
+            shown = ", ".join(known[:30]) + (f" ... ({len(known)} in all)" if len(known) > 30 else "")
+            raise ValueError(f"--nsd-tolerance {unknown[0]}=...: no label {unknown[0]!r} in {source}; known labels: "
+                             f"{shown or 'none'}")
+
     def as_dict(self) -> dict:
         return {"default": self.default, **({"per_label": dict(self.per_label)} if self.per_label else {})}
 
 
 def parse_tolerances(values: Iterable[str | float] | float | dict | None, default: float | None = None) -> Tolerances:
     """``[1, "liver=2"]`` (the command line's repeated ``--nsd-tolerance``), a number, or ``{"default": 1,
-    "liver": 2}``; ``default`` replaces FLARE's 1 mm when no plain number is given."""
+    "liver": 2}``; ``default`` replaces FLARE's 1 mm when no plain number is given. An empty label name (``=2``) is
+    refused; which label names exist is checked against the labels (:meth:`Tolerances.check_names`)."""
     tolerances = Tolerances(DEFAULT_NSD_TOLERANCE_MM if default is None else float(default))
     if values is None:
         return tolerances
@@ -106,6 +116,8 @@ def parse_tolerances(values: Iterable[str | float] | float | dict | None, defaul
             name, _, number = text.rpartition("=") if "=" in text else (None, "", text)
             items.append((name.strip() if name is not None else None, number))
     for name, number in items:
+        if name is not None and not name:
+            raise ValueError(f"NSD tolerance ={number}: an empty label name; give NAME=MM, or MM alone for the default")
         try:
             tolerance = float(number)
         except (TypeError, ValueError):

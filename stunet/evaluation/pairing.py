@@ -1,5 +1,5 @@
 """Finding the label images of a reference and a prediction folder, pairing them by case name, reading them onto one
-grid, and finding the label names.
+grid, checking that they hold labels, and finding the label names.
 
 Folders as nnU-Net and stunet-predict lay them out: a folder of label images (``labelsTr``, ``fold_N/validation``,
 stunet-predict's output), a dataset folder holding ``labelsTr`` (and ``dataset.json``), or a trainer folder holding
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from stunet.clinical.dicom_seg import require  # the dicom extra, for DICOM-SEG label images
+from stunet.errors import CaseError
 from stunet.io.json_file import read_json
 from stunet.io.reader import DEFAULT_MAX_VOXELS, Image, read_image
 from stunet.labels import IGNORE, canonical, label_values_of
@@ -24,6 +26,9 @@ from stunet.paths import split_ending
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.dcm", ".dcm")
 DICOM_ENDINGS = (".seg.dcm", ".dcm")
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+MAX_LABELS = 10_000  # labels of a label file or present in one label image (TotalSegmentator has 117)
+MAX_LABEL_VALUE = 2**31 - 1
+SMALL_LABEL_VALUE = 1 << 16  # up to here, tables indexed by label value are small
 
 
 def split_name(path: Path) -> tuple[str, str] | None:
@@ -107,29 +112,61 @@ class LabelSet:
         return ",".join(str(v) for v in self.labels[name])
 
 
+def _label_name(name, source: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{source}: label name {name!r} is not a non-empty text; name every label")
+    return name
+
+
+def _check_values(name: str, values: tuple[int, ...], source: str) -> None:
+    if not all(0 <= v <= MAX_LABEL_VALUE for v in values):
+        raise ValueError(f"{source}: label {name!r} has value {','.join(map(str, values))}, outside 0 to "
+                         f"{MAX_LABEL_VALUE}; label values are whole numbers 0 or more")
+
+
 def parse_labels(data: dict, source: str = "") -> LabelSet:
     """nnU-Net's dataset.json (``{"labels": {"background": 0, "liver": 1, "tumour": [1, 2], "ignore": 3}}``) or a
-    labels.json (``{"0": "background", "1": "liver"}``, as stunet-predict writes), as a :class:`LabelSet`."""
+    labels.json (``{"0": "background", "1": "liver"}``, as stunet-predict writes), as a :class:`LabelSet`. Refused
+    (ValueError, one line naming ``source``): more than MAX_LABELS labels, a value that is not a whole number from 0
+    to MAX_LABEL_VALUE (:func:`stunet.labels.label_values_of` for dataset.json), an empty name, and two labels of one
+    name or one value."""
+    source = source or "labels"
     if not isinstance(data, dict):
-        raise ValueError(f"{source or 'labels'}: expected a JSON object")
+        raise ValueError(f"{source}: expected a JSON object")
+    entries = data["labels"] if isinstance(data.get("labels"), dict) else data
+    if len(entries) > MAX_LABELS:
+        raise ValueError(f"{source}: {len(entries):,} labels, more than the {MAX_LABELS:,} a label file may hold")
     labels: dict[str, tuple[int, ...]] = {}
     ignore = None
-    if isinstance(data.get("labels"), dict):  # dataset.json
-        for name, values in label_values_of(data, source or "dataset.json").items():
+    if entries is not data:  # dataset.json
+        for name, values in label_values_of(data, source).items():
+            _check_values(_label_name(name, source), values, source)
             if name == IGNORE:
                 ignore = values[0]
             elif values != (0,):
-                labels[str(name)] = values
+                labels[name] = values
     else:  # labels.json: index -> name
-        try:
-            for index, name in sorted(data.items(), key=lambda kv: int(kv[0])):
-                if int(index) != 0:
-                    labels[str(name)] = (int(index),)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source or 'labels'}: neither a dataset.json (with \"labels\") nor a labels.json "
-                             f"(label index -> name)") from None
+        by_value: dict[int, str] = {}
+        names: set[str] = set()
+        for index, name in data.items():
+            try:
+                value = int(index)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: neither a dataset.json (with \"labels\") nor a labels.json (label index "
+                                 f"-> name): {index!r} is not a label index") from None
+            _check_values(_label_name(name, source), (value,), source)
+            if value in by_value:
+                raise ValueError(f"{source}: labels {by_value[value]!r} and {name!r} both have index {value}; give "
+                                 f"each name its own index")
+            if name in names:
+                raise ValueError(f"{source}: two labels are named {name!r}; give each label its own name")
+            by_value[value] = name
+            names.add(name)
+            if value != 0:
+                labels[name] = (value,)
+        labels = dict(sorted(labels.items(), key=lambda kv: kv[1]))
     if not labels:
-        raise ValueError(f"{source or 'labels'}: no foreground labels")
+        raise ValueError(f"{source}: no foreground labels")
     return LabelSet(labels, ignore, source)
 
 
@@ -171,13 +208,57 @@ class LabelImage:
         return tuple(float(s) for s in reversed(self.image.spacing))
 
 
-def _integers(array: np.ndarray, path: Path) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+def label_array(array: np.ndarray, path) -> np.ndarray:
+    """``array`` as labels: booleans and non-negative integers as they are, whole-number floats as the smallest
+    unsigned integer type that holds them. CaseError naming ``path`` for what is not a label image: NaN or infinite
+    values, fractions, negative values, values over MAX_LABEL_VALUE."""
+    if array.dtype == bool:
         return array
-    rounded = np.rint(array)
-    if not np.array_equal(rounded, array):
-        raise ValueError(f"{path}: not a label image (values that are not whole numbers)")
-    return rounded.astype(np.int32 if rounded.max(initial=0) > 32767 or rounded.min(initial=0) < -32768 else np.int16)
+    rule = "labels are whole numbers from 0"
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.isfinite(array).all():
+            raise CaseError(f"{path}: not a label image (NaN or infinite values); {rule}")
+        if not np.array_equal(np.rint(array), array):
+            raise CaseError(f"{path}: not a label image (values that are not whole numbers); {rule}")
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if low < 0:
+        raise CaseError(f"{path}: not a label image (negative values, e.g. {low}); {rule}")
+    if high > MAX_LABEL_VALUE:
+        raise CaseError(f"{path}: not a label image (a value of {high}, over {MAX_LABEL_VALUE}); {rule}")
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    return array.astype(np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.uint32)
+
+
+def label_boxes(array: np.ndarray, path, slab: int = 16) -> dict[int, tuple[slice, ...]]:
+    """Each label present in ``array`` (:func:`label_array`'s, a value over 0) -> its bounding box. Tables are sized
+    by the labels present, not by the largest value: values over SMALL_LABEL_VALUE are numbered in order first (in
+    slabs of ``slab`` planes). CaseError naming ``path`` for more than MAX_LABELS labels."""
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    high = int(array.max()) if array.size else 0
+    if high <= SMALL_LABEL_VALUE:
+        values, numbered = np.arange(1, high + 1), array
+    else:
+        values = np.unique(array)
+        values = values[values > 0]
+        if values.size > MAX_LABELS:
+            raise CaseError(f"{path}: {values.size:,} labels, more than the {MAX_LABELS:,} a label image may hold")
+        numbered = np.empty(array.shape, np.uint16)
+        for start in range(0, max(array.shape[0], 1), slab):
+            numbered[start:start + slab] = np.searchsorted(values, array[start:start + slab], side="right")
+    boxes = {int(v): box for v, box in zip(values, ndimage.find_objects(numbered)) if box is not None}
+    if len(boxes) > MAX_LABELS:
+        raise CaseError(f"{path}: {len(boxes):,} labels, more than the {MAX_LABELS:,} a label image may hold")
+    return boxes
+
+
+def _frame_segments(header) -> set[int]:
+    """The segment numbers that a DICOM-SEG's frames point at (per frame, or shared by all)."""
+    groups = [*getattr(header, "PerFrameFunctionalGroupsSequence", []),
+              *getattr(header, "SharedFunctionalGroupsSequence", [])]
+    return {int(item.ReferencedSegmentNumber) for group in groups
+            for item in getattr(group, "SegmentIdentificationSequence", []) if "ReferencedSegmentNumber" in item}
 
 
 def _read_dicom_seg(path: Path, labels: LabelSet | None) -> sitk.Image:
@@ -197,6 +278,11 @@ def _read_dicom_seg(path: Path, labels: LabelSet | None) -> sitk.Image:
     document = hd.seg.segread(str(path))
     by_name = {canonical(name): values[0] for name, values in (labels.labels.items() if labels else [])}
     numbers = list(document.segment_numbers)
+    unknown = sorted(_frame_segments(header) - set(numbers))
+    if unknown:
+        raise CaseError(f"{path}: frames point at segment {', '.join(map(str, unknown[:5]))}, which the DICOM-SEG "
+                        f"does not describe (it describes {', '.join(map(str, numbers[:10])) or 'none'}); fix or "
+                        f"re-export the file")
     lookup = np.zeros(max(numbers, default=0) + 1, dtype=np.int32)
     for number in numbers:
         label = document.get_segment_description(number).segment_label
@@ -209,7 +295,8 @@ def _read_dicom_seg(path: Path, labels: LabelSet | None) -> sitk.Image:
     columns = affine[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)  # per array axis (slice, row, column)
     array = lookup[np.asarray(volume.array).astype(np.int64)]
-    image = sitk.GetImageFromArray(array.astype(np.uint16 if array.max(initial=0) > 255 else np.uint8))
+    high = array.max(initial=0)
+    image = sitk.GetImageFromArray(array.astype(np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.uint32))
     # SimpleITK's index (x, y, z) is the array's (column, row, slice)
     image.SetSpacing([float(s) for s in spacing[::-1]])
     image.SetOrigin([float(v) for v in affine[:3, 3]])
@@ -259,7 +346,7 @@ def read_pair(case: str, ref_path: Path, pred_path: Path, labels: LabelSet | Non
     if not _same_grid(ref, pred):
         raise ValueError(f"case {case}: the prediction ({pred_path.name}: {_describe(pred)}) is not on the "
                          f"reference's grid ({ref_path.name}: {_describe(ref)}); resample it to the reference first")
-    return LabelImage(_integers(ref.array, ref_path), ref), LabelImage(_integers(pred.array, pred_path), pred)
+    return LabelImage(label_array(ref.array, ref_path), ref), LabelImage(label_array(pred.array, pred_path), pred)
 
 
 def default_name(value: int) -> str:

@@ -11,35 +11,25 @@ from pathlib import Path
 import numpy as np
 
 from stunet.atomic import atomic_write
-from stunet.evaluation.pairing import (LabelSet, default_name, find_label_images, read_label_file,
-                                       read_label_image)
+from stunet.evaluation.pairing import (LabelSet, default_name, find_label_images, label_array, label_boxes,
+                                       read_label_file, read_label_image)
 
 
-def label_map_statistics(array: np.ndarray, spacing, names: dict[int, str] | None = None,
-                         slab: int = 16) -> dict[str, dict]:
+def label_map_statistics(array: np.ndarray, spacing, names: dict[int, str] | None = None, slab: int = 16,
+                         source: str = "the label map") -> dict[str, dict]:
     """label name -> ``{"label", "voxels", "volume_ml", "touches_border"}`` of every label in ``names`` (default:
-    every label present), counted in slabs of ``slab`` planes so memory stays small."""
-    from scipy import ndimage
-
+    every label present) of a label map (:func:`.pairing.label_array`'s), each counted within its bounding box
+    (:func:`.pairing.label_boxes`, in slabs of ``slab`` planes, refusing more than MAX_LABELS labels, naming
+    ``source``)."""
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
-    counts = np.zeros(0, dtype=np.int64)
-    for start in range(0, max(array.shape[0], 1), slab):
-        part = np.asarray(array[start:start + slab]).ravel()
-        if part.size == 0:
-            continue
-        if part.min() < 0:
-            part = part[part >= 0]
-        found = np.bincount(part)
-        counts = np.pad(counts, (0, max(0, found.size - counts.size)))
-        counts[:found.size] += found
-    boxes = ndimage.find_objects(array.view(np.uint8) if array.dtype == bool else array)
-    wanted = names if names is not None else {int(v): default_name(int(v)) for v in np.flatnonzero(counts) if v}
+    boxes = label_boxes(array, source, slab)
+    wanted = names if names is not None else {value: default_name(value) for value in sorted(boxes)}
     out = {}
     for value, name in sorted(wanted.items()):
         if value == 0:
             continue
-        voxels = int(counts[value]) if value < counts.size else 0
-        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        box = boxes.get(value)
+        voxels = 0 if box is None else int(np.count_nonzero(array[box] == value))
         touches = box is not None and any(s.start == 0 or s.stop == n for s, n in zip(box, array.shape))
         out[name] = {"label": int(value), "voxels": voxels, "volume_ml": voxels * voxel_ml,
                      "touches_border": bool(touches)}
@@ -72,10 +62,8 @@ def report_predictions(folder: Path | str, output: Path | str | None = None, pro
         if case in statistics:
             continue
         image = read_label_image(path)
-        array = image.array
-        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-            array = np.rint(array).astype(np.int32)
-        statistics[case] = label_map_statistics(array, tuple(reversed(image.spacing)), names)
+        statistics[case] = label_map_statistics(label_array(image.array, path), tuple(reversed(image.spacing)), names,
+                                                source=str(path))
         computed.append(case)
         if progress:
             progress(f"{case}: statistics computed from the label map")

@@ -9,6 +9,10 @@ page: per-label volumes across cases (table and box plot), which labels touch th
 Quality-control fields, read per label from ``case.statistics.json`` when present: ``confidence``,
 ``uncertain_fraction``, ``components``, ``largest_component_fraction`` and ``flag`` (flagged when it is a non-empty
 string or list, or true).
+
+Names are the user's words: escaped in the page, drawn as plain text in the plots (no mathtext: a ``$`` is a dollar
+sign), on one line and cut to PLOTTED_NAME_CHARACTERS; a plot shows at most PLOTTED_LABELS labels. A statistics file
+of more than MAX_LABELS labels is skipped like an unreadable one.
 """
 from __future__ import annotations
 
@@ -17,17 +21,22 @@ import html
 import io
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from stunet.clinical.quality import QC_FIELDS
+from stunet.errors import printable
+from stunet.evaluation.pairing import MAX_LABELS
 from stunet.io.json_file import read_json
 from stunet.version import __version__
 
 MAX_STATISTICS_BYTES = 16 << 20  # a case.statistics.json of 1000 labels with every field is under 1 MiB
 WORST_PER_LABEL = 3
+PLOTTED_LABELS = 300  # rows of a plot: 0.2 inch each, and matplotlib draws at most 2^16 pixels a side
+PLOTTED_NAME_CHARACTERS = 60
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em 2em; color: #222; }
@@ -47,14 +56,15 @@ tr.flagged td { background: #fff1e6; }
 # -- reading what stunet-predict wrote ------------------------------------------------------------------------------
 def read_statistics(folder: Path | str) -> dict[str, dict[str, dict]]:
     """case -> label name -> fields, from the folder's ``case.statistics.json`` files; unreadable ones, and any that
-    is not a regular file of bounded size (:func:`stunet.io.json_file.read_json`), are skipped."""
+    is not a regular file of bounded size (:func:`stunet.io.json_file.read_json`) or holds more than MAX_LABELS
+    labels, are skipped."""
     out = {}
     for path in sorted(Path(folder).glob("*.statistics.json")):
         try:
             data = read_json(path, MAX_STATISTICS_BYTES)
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict):
+        if isinstance(data, dict) and len(data) <= MAX_LABELS:
             out[path.name[:-len(".statistics.json")]] = {str(k): v for k, v in data.items() if isinstance(v, dict)}
     return out
 
@@ -128,8 +138,15 @@ def _figure_uri(figure) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    with warnings.catch_warnings():  # a glyph missing from the font is drawn as a box, not reported
+        warnings.simplefilter("ignore", UserWarning)
+        figure.savefig(buffer, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot_text(text: str, limit: int = PLOTTED_NAME_CHARACTERS) -> str:
+    text = printable(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _box_statistics(points: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -145,18 +162,23 @@ def _box_statistics(points: np.ndarray) -> tuple[float, float, float, float, flo
 def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = "") -> str | None:
     """Horizontal box plots (cases as dots), one row per label and one panel per metric (``panels``: panel title ->
     label name -> values), side by side so each label's row reads across the metrics; a PNG data URI, None when no
-    label has a value. Drawn as a few collections per panel and the names once, so a hundred labels and ten metrics
-    take a second or two (matplotlib lays out each text slowly)."""
+    label has a value; the first PLOTTED_LABELS labels that have one. Drawn as a few collections per panel and the
+    names once, so a hundred labels and ten metrics take a second or two (matplotlib lays out each text slowly)."""
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.figure import Figure
 
-    names: list[str] = []
+    found: dict[str, None] = {}  # names in order of appearance
     for values in panels.values():
-        names += [n for n, v in values.items() if n not in names and any(not math.isnan(x) for x in v)]
+        found.update((n, None) for n, v in values.items() if n not in found and any(not math.isnan(x) for x in v))
+    names = list(found)
     if not names:
         return None
+    if len(names) > PLOTTED_LABELS:
+        title = (f"{title}: " if title else "") + f"the first {PLOTTED_LABELS} of {len(names)} labels"
+        names = names[:PLOTTED_LABELS]
+    shown = {name: _plot_text(name) for name in names}
     rows = {name: float(r) for name, r in zip(names, range(len(names) - 1, -1, -1))}
-    margin = 0.3 + 0.062 * max(len(n) for n in names)  # inches for the names, at 7 points
+    margin = 0.3 + 0.062 * max(len(n) for n in shown.values())  # inches for the names, at 7 points
     width = margin + 2.6 * len(panels) + 0.2
     height = max(2.4, 0.9 + 0.2 * len(names))
     figure = Figure(figsize=(width, height))
@@ -167,7 +189,7 @@ def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = ""
     for axes, (panel, values) in zip(axes_list, panels.items()):
         data = {n: np.array([x for x in values.get(n, []) if not math.isnan(x)], dtype=np.float64) for n in names}
         data = {n: v for n, v in data.items() if v.size}
-        axes.set_title(panel, fontsize=9)
+        axes.set_title(_plot_text(panel), fontsize=9, parse_math=False)
         axes.tick_params(axis="x", labelsize=7)
         axes.grid(axis="x", alpha=0.3)
         if not data:
@@ -196,9 +218,10 @@ def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = ""
     first.set_ylim(-0.7, len(names) - 0.3)
     first.set_yticks([])
     for name, row in rows.items():  # plain texts: cheaper than tick labels
-        first.text(-0.02, row, name, transform=first.get_yaxis_transform(), ha="right", va="center", fontsize=7)
+        first.text(-0.02, row, shown[name], transform=first.get_yaxis_transform(), ha="right", va="center",
+                   fontsize=7, parse_math=False)
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(_plot_text(title, 200), fontsize=10, parse_math=False)
     return _figure_uri(figure)
 
 
@@ -296,8 +319,12 @@ def evaluation_report(rows: list[dict], metric_names: Sequence[str], summary: di
     if primary:
         metric, higher = primary
         worst_rows = []
+        by_name: dict[str, list[dict]] = {}
+        for row in rows:
+            if not math.isnan(float(row[metric])):
+                by_name.setdefault(row["name"], []).append(row)
         for name in per_label:
-            mine = [r for r in rows if r["name"] == name and not math.isnan(float(r[metric]))]
+            mine = by_name.get(name, [])
             mine.sort(key=lambda r: (float(r[metric]) if higher else -float(r[metric]), r["case"]))
             for rank, row in enumerate(mine[:WORST_PER_LABEL], start=1):
                 worst_rows.append([_e(name) if rank == 1 else "", _e(row["case"]),
@@ -323,9 +350,10 @@ def prediction_report(statistics: dict[str, dict[str, dict]], source: str, compu
                       title: str = "Predictions") -> str:
     """``statistics``: case -> label name -> fields (volume_ml, voxels, touches_border, and the QC fields where
     present); ``computed``: the cases whose statistics were computed from their label maps."""
-    names: list[str] = []
+    found: dict[str, None] = {}  # names in order of appearance
     for labels in statistics.values():
-        names += [n for n in labels if n not in names]
+        found.update(dict.fromkeys(labels))
+    names = list(found)
     settings = [["folder", _e(source)], ["cases", str(len(statistics))], ["labels", str(len(names))]]
     if computed:
         settings.append(["statistics computed from the label maps (no case.statistics.json)",
