@@ -21,7 +21,7 @@ single-channel models plain files (case.nii.gz); or DICOM: a folder holding one 
 or a .zip. Outputs: OUT/case with the input's ending (.nii.gz for DICOM; label names in NIfTI headers),
 OUT/labels.json (label index -> name),
 OUT/provenance.json; with --statistics OUT/case.statistics.json and OUT/statistics.csv, with --preview OUT/case.png,
-with --output-type dicom_seg/both OUT/case.seg.dcm.
+with --output-type dicom_seg (or both) OUT/case.seg.dcm, with dicom_rtstruct OUT/case.rtstruct.dcm.
 
 examples:
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104       # weights downloaded on first use
@@ -30,6 +30,7 @@ examples:
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --checkpoint base_ep4k.model --label-map amos22
   stunet-predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Liver/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -f 0 1
   stunet-predict -i dicom_series/ -o segs/ --pretrained stunet_base.totalseg104 --output-type both --statistics
+  stunet-predict -i dicom_series/ -o segs/ --pretrained stunet_base.totalseg104 --output-type nifti,dicom_rtstruct
   stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines
   torchrun --nproc_per_node=4 $(which stunet-predict) -i cts/ -o segs/ -m MODEL   # parts and GPUs from torchrun
   (sbatch --array=0-9) stunet-predict -i cts/ -o segs/ -m MODEL    # part from SLURM; see docs/scaling.md"""
@@ -78,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--labels", help="keep only these labels (comma-separated names or numbers); others become 0")
     out.add_argument("--save-probabilities", action="store_true",
                      help="also write case.npz with float16 probabilities of the output labels")
-    out.add_argument("--output-type", choices=["nifti", "dicom_seg", "both"], default="nifti",
-                     help="case.nii.gz (default), a DICOM-SEG case.seg.dcm referencing the series (DICOM input only), "
-                          "or both")
+    out.add_argument("--output-type", default="nifti", metavar="TYPE[,TYPE...]",
+                     help="nifti: case.nii.gz (default); dicom_seg: a DICOM-SEG case.seg.dcm; dicom_rtstruct: an RT "
+                          "Structure Set case.rtstruct.dcm (the DICOM ones reference the series: DICOM input only); "
+                          "several comma-separated, both = nifti,dicom_seg")
     out.add_argument("--series-uid", metavar="UID", help="the series to segment in a DICOM folder holding several")
     out.add_argument("--statistics", action="store_true",
                      help="per-label volume and intensity statistics: case.statistics.json and statistics.csv")

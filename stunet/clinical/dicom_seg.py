@@ -5,36 +5,26 @@ BINARY segmentation whose frames are the source series' slices in slice order, r
 (same Frame of Reference, patient and study). Coding: category SCT 91723000 "Anatomical Structure"; type the SNOMED-CT
 concept of DICOM's code dictionary (PS3.16, via pydicom) whose keyword is the label's name without side and separators
 (``kidney_left`` -> ``Kidney`` 64033007, ``liver`` -> 10200004), and where none matches, the generic SCT 85756007
-"Tissue" (the label's name stays in the segment label). RTSTRUCT is not written: see docs/prediction.md.
+"Tissue" (the label's name stays in the segment label). The RT Structure Set is :mod:`.rtstruct`'s.
 
 The source slices are read as headers (no pixel data) and checked by :func:`check_source_for_seg`, which the command
-runs right after reading a series, before the network: what anonymisers blank and the SEG can take from elsewhere in
-the file is repaired in memory (an empty SOPClassUID or SOPInstanceUID from the file meta's MediaStorageSOPClassUID /
-MediaStorageSOPInstanceUID; a removed type-2 attribute, PatientID, StudyDate, ..., written empty as DICOM allows);
-what it cannot is refused in one line naming the file and the tag. The writer runs the same function.
+runs right after reading a series, before the network: the checks and repairs of :mod:`.dicom_sources`, and a SOP
+class highdicom can reference; what cannot be written is refused in one line naming the file and the tag. The writer
+runs the same checks.
 """
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pydicom
 
-from stunet.clinical.dicom import DicomError
+from stunet.clinical.dicom_sources import check_sources, read_sources
 
 EXTRA = "dicom"
 _SIDES = {"left", "right", "l", "r"}
-
-
-# (keyword, tag) a SEG copies from its source slices and cannot do without: the same value in every slice
-_SAME_IN_ALL = (("StudyInstanceUID", "(0020,000D)"), ("SeriesInstanceUID", "(0020,000E)"),
-                ("FrameOfReferenceUID", "(0020,0052)"), ("Modality", "(0008,0060)"))
-# type-2 attributes the SEG copies (patient, study, the pixel measures): present, maybe empty; written empty if removed
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "StudyID", "AccessionNumber", "SliceThickness")
 
 
 def require() -> None:
@@ -43,15 +33,6 @@ def require() -> None:
     except ImportError as e:
         raise ImportError(f"DICOM-SEG output needs the optional package highdicom ({e.name} is missing): "
                           f"pip install \"stunet[{EXTRA}]\"") from e
-
-
-class SegSourceError(DicomError):
-    """A source series the DICOM-SEG cannot reference; the message names the file and the tag."""
-
-
-def _text(ds, keyword: str) -> str:
-    value = ds.get(keyword) if ds is not None else None
-    return "" if value is None else str(value).strip(" \0")
 
 
 def _known_sop_classes() -> set[str] | None:
@@ -70,74 +51,17 @@ def _known_sop_classes() -> set[str] | None:
 
 
 def _sources(files: Sequence[Path]) -> tuple[list[pydicom.Dataset], list[str]]:
-    """The headers of ``files`` as the SEG writer needs them, repaired where the file says how (see the module's
-    docstring), and the notes saying what was repaired; raises SegSourceError for what cannot be."""
-    known = _known_sop_classes()
-    if not files:
-        raise SegSourceError("DICOM-SEG needs the source slices; none given")
-    sources, repaired, removed = [], {}, {}
-    fix = "restore it (the anonymiser removed or blanked it) or write --output-type nifti"
-    for path in files:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        meta = getattr(ds, "file_meta", None)
-        for keyword, tag, meta_keyword in (("SOPClassUID", "(0008,0016)", "MediaStorageSOPClassUID"),
-                                           ("SOPInstanceUID", "(0008,0018)", "MediaStorageSOPInstanceUID")):
-            if not _text(ds, keyword):
-                value = _text(meta, meta_keyword)
-                if not value:
-                    raise SegSourceError(f"{path}: {keyword} {tag} is empty, in the data set and in the file meta "
-                                         f"({meta_keyword}); the DICOM-SEG cannot reference this slice: {fix}")
-                setattr(ds, keyword, value)
-                repaired.setdefault(f"{keyword} from the file meta's {meta_keyword}", []).append(path)
-        if known is not None and ds.SOPClassUID not in known:
-            raise SegSourceError(f"{path}: SOPClassUID (0008,0016) {ds.SOPClassUID} is not a storage class a "
-                                 f"DICOM-SEG can reference (highdicom does not know it); write --output-type nifti")
-        for keyword, tag in _SAME_IN_ALL:
-            if not _text(ds, keyword):
-                raise SegSourceError(f"{path}: {keyword} {tag} is empty or missing; the DICOM-SEG needs it: {fix}")
-        for keyword in _TYPE2:
-            if keyword not in ds:
-                removed.setdefault(keyword, []).append(path)
-            if not _text(ds, keyword):
-                setattr(ds, keyword, "")
-        sources.append(ds)
-    for keyword, tag in (*_SAME_IN_ALL, ("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
-        first = _text(sources[0], keyword)
-        for path, ds in zip(files, sources):
-            if _text(ds, keyword) != first:
-                raise SegSourceError(f"{path}: {keyword} {tag} {_text(ds, keyword)!r} differs from {first!r} in "
-                                     f"{Path(files[0]).name}; one DICOM-SEG references one series")
-    seen: dict[str, Path] = {}
-    for path, ds in zip(files, sources):
-        uid = _text(ds, "SOPInstanceUID")
-        if uid in seen:
-            raise SegSourceError(f"{path}: SOPInstanceUID (0008,0018) {uid} is also that of {Path(seen[uid]).name}; "
-                                 f"the DICOM-SEG cannot tell the slices apart: {fix}")
-        seen[uid] = path
-    folder = Path(files[0]).parent
-    notes = [f"{folder}: {what} in {len(paths)} of {len(files)} slice(s), for the DICOM-SEG"
-             for what, paths in repaired.items()]
-    if removed:
-        count = len({p for paths in removed.values() for p in paths})
-        notes.append(f"{folder}: {', '.join(removed)} missing in {count} of {len(files)} slice(s); written empty in "
-                     f"the DICOM-SEG, as DICOM allows")
-    return sources, notes
+    """The headers of ``files`` as the SEG writer needs them (:func:`stunet.clinical.dicom_sources.read_sources`,
+    with highdicom's SOP classes), and the notes saying what was repaired."""
+    return read_sources(files, "DICOM-SEG", _known_sop_classes())
 
 
 def check_source_for_seg(files: Sequence[Path]) -> list[str]:
     """Check, before the network runs, that a DICOM-SEG can be written on these source slices (in slice order),
     repairing in memory what the files themselves say how to repair; returns the notes on what was repaired (each also
-    a warning) and raises :class:`SegSourceError` (a CaseError) naming the file and the tag otherwise. A zip's series,
-    whose files are gone once read (``files`` empty), is refused."""
-    if not files:
-        raise SegSourceError("DICOM-SEG needs the source files (a zip's series is extracted only while it is read); "
-                             "unzip it first")
-    _, notes = _sources(files)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    return notes
+    a warning) and raises :class:`~stunet.clinical.dicom_sources.SourceError` (a CaseError) naming the file and the
+    tag otherwise. A zip's series, whose files are gone once read (``files`` empty), is refused."""
+    return check_sources(files, "DICOM-SEG", _known_sop_classes())
 
 
 def property_type(name: str):

@@ -33,6 +33,7 @@ import numpy as np
 
 from stunet.clinical.dicom import DicomSeries, extract_zip, read_dicom
 from stunet.clinical.dicom_seg import check_source_for_seg
+from stunet.clinical.rtstruct import check_source_for_rtstruct
 from stunet.clinical.quality import quality
 from stunet.errors import CaseError
 from stunet.paths import itk_readable
@@ -100,7 +101,7 @@ def _read_files(engine, files: list[Path], budget: VoxelBudget, workdir: Path) -
 
 
 def _read_dicom(engine, source: Path, name: str, series_uid: str | None, workdir: Path,
-                budget: VoxelBudget, for_seg: bool = False) -> _Read:
+                budget: VoxelBudget, for_seg: bool = False, for_rtstruct: bool = False) -> _Read:
     folder, extracted = itk_readable(source, workdir), False
     if source.is_file() and source.suffix.lower() == ".zip":
         extracted = True  # extracted for as long as the caller keeps workdir
@@ -110,7 +111,9 @@ def _read_dicom(engine, source: Path, name: str, series_uid: str | None, workdir
         try:
             series = read_dicom(folder, series_uid, name)
             if for_seg:  # everything the DICOM-SEG needs, checked (and repaired where documented) before the network
-                check_source_for_seg(series.files)
+                check_source_for_seg(series.files)  # (the RT Structure Set's checks and more)
+            elif for_rtstruct:
+                check_source_for_rtstruct(series.files)
         except CaseError:
             raise
         except Exception as e:  # GDCM's bare errors: name the input
@@ -141,7 +144,7 @@ def _read_images(engine, items: list, spacing, affine, budget: VoxelBudget) -> _
 
 
 def read_case(engine, source, budget: VoxelBudget, *, spacing=None, affine=None, series_uid: str | None = None,
-              workdir: Path | None = None, for_seg: bool = False) -> _Read:
+              workdir: Path | None = None, for_seg: bool = False, for_rtstruct: bool = False) -> _Read:
     """Steps 1-3 of the module's list for any kind of ``source``; ``workdir`` holds an extracted zip."""
     if isinstance(source, Case):
         if source.problem:
@@ -161,7 +164,7 @@ def read_case(engine, source, budget: VoxelBudget, *, spacing=None, affine=None,
             if channels != 1:
                 raise CaseError(f"{paths[0]}: the model takes {channels} channels; DICOM input gives one")
             name = source.name if isinstance(source, Case) else paths[0].name.rsplit(".", 1)[0]
-            read = _read_dicom(engine, paths[0], name, series_uid, workdir, budget, for_seg)
+            read = _read_dicom(engine, paths[0], name, series_uid, workdir, budget, for_seg, for_rtstruct)
         else:
             if len(paths) != channels:
                 raise CaseError(f"{paths[0]}: the model takes {channels} channel file(s); got {len(paths)}")
@@ -184,14 +187,15 @@ def case_name(source) -> str:
 
 def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affine: np.ndarray | None = None,
                  probabilities: bool = False, keep_image: bool = False, qc: bool = False,
-                 series_uid: str | None = None, for_seg: bool = False,
+                 series_uid: str | None = None, for_seg: bool = False, for_rtstruct: bool = False,
                  budget: VoxelBudget | None = None, workdir: Path | None = None,
                  progress: Callable[[int], None] | None = None,
                  on_start: Callable[[int], None] | None = None) -> CaseResult:
     """Segment one case (see the module's docstring). ``engine`` is a :class:`~.segmenter.Segmenter`; ``budget``
     defaults to its own (``max_voxels``, with the probability maps counted when asked for); ``workdir`` keeps an
     extracted zip's files for as long as the caller needs them (a DICOM-SEG references them), else they are removed
-    when the case is done; ``for_seg`` checks a DICOM series for what its DICOM-SEG will need before the network runs.
+    when the case is done; ``for_seg`` and ``for_rtstruct`` check a DICOM series for what its DICOM-SEG and its RT
+    Structure Set will need before the network runs.
     ``qc`` adds the per-label quality fields (:mod:`stunet.clinical.quality`). Raises
     :class:`~stunet.errors.CaseError` naming the input for anything refused."""
     start = time.perf_counter()
@@ -201,7 +205,7 @@ def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affi
         if own_workdir:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stunet-case-")))
         read = read_case(engine, source, budget, spacing=spacing, affine=affine, series_uid=series_uid,
-                         workdir=workdir, for_seg=for_seg)
+                         workdir=workdir, for_seg=for_seg, for_rtstruct=for_rtstruct)
         first = read.image[0].copy() if keep_image else None  # as read: preprocessing normalises it in place
         read_seconds = time.perf_counter() - start
         image, properties = read.image, read.properties

@@ -32,14 +32,27 @@ from stunet.atomic import atomic_write, partial_folder, remove_partial_folder
 from stunet.errors import CaseError, one_line, printable
 from stunet.prediction.claims import Claims
 from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find_cases, has_image_ending, is_dicom_file
-from stunet.prediction.outputs import record_cases, statistics_csv, write_case
+from stunet.prediction.outputs import record_cases, rtstruct_algorithm, statistics_csv, write_case
 from stunet.prediction.parts import Part, choose_part
 
-OUTPUT_TYPES = ("nifti", "dicom_seg", "both")
+OUTPUT_TYPES = ("nifti", "dicom_seg", "dicom_rtstruct")  # and "both": nifti and dicom_seg
 
 
 class ArgumentConflict(ValueError):
     """Settings of a folder run that do not go together (the command's usage errors)."""
+
+
+def output_types(output_type: str) -> frozenset[str]:
+    """The outputs an ``output_type`` names: one or more of :data:`OUTPUT_TYPES`, comma-separated (``"both"`` is
+    ``"nifti,dicom_seg"``); raises :class:`ArgumentConflict` for any other."""
+    wanted = set()
+    for item in str(output_type).split(","):
+        item = item.strip()
+        if item not in (*OUTPUT_TYPES, "both"):
+            raise ArgumentConflict(f"output type {item!r} is none of {', '.join(OUTPUT_TYPES)} (comma-separated, or "
+                                   f"both = nifti,dicom_seg)")
+        wanted |= {"nifti", "dicom_seg"} if item == "both" else {item}
+    return frozenset(wanted)
 
 
 @dataclass
@@ -168,8 +181,7 @@ def check_folder(source: str | Path, output: str | Path, output_type: str = "nif
     not go together, :class:`~stunet.errors.CaseError` for an output that cannot be written and ImportError when
     a DICOM-SEG output lacks its package."""
     source, output = Path(source), Path(output)
-    if output_type not in OUTPUT_TYPES:
-        raise ArgumentConflict(f"output_type {output_type!r} is none of {', '.join(OUTPUT_TYPES)}")
+    outputs = output_types(output_type)
     if not source.exists():
         raise ArgumentConflict(f"{source} does not exist")
     single_file = source.is_file()
@@ -178,12 +190,12 @@ def check_folder(source: str | Path, output: str | Path, output_type: str = "nif
     if out_dir.resolve() == (source.parent if single_file else source).resolve():
         raise ArgumentConflict(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
     dicom_cases = _dicom_cases(source)
-    if output_type != "nifti" and not dicom_cases:
+    if outputs != {"nifti"} and not dicom_cases:
         raise ArgumentConflict(f"--output-type {output_type} needs DICOM input (a series folder, a folder of series "
                                f"folders or a .zip); {source} holds none")
     if series_uid and not dicom_cases:
         raise ArgumentConflict(f"--series-uid goes with DICOM input; {source} holds no DICOM series")
-    if output_type != "nifti":
+    if "dicom_seg" in outputs:
         from stunet.clinical.dicom_seg import require
         require()
     if file_output and output.is_dir():
@@ -257,7 +269,9 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
     header = segmenter.provenance({**settings, **(options or {}), "device": segmenter.options["device"]})
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
-    nifti, seg_out = output_type in ("nifti", "both"), output_type in ("dicom_seg", "both")
+    wanted = output_types(output_type)
+    nifti, seg_out, rtstruct_out = (kind in wanted for kind in OUTPUT_TYPES)
+    algorithm = rtstruct_algorithm(header) if rtstruct_out else None
     claims = Claims(partial.parent)  # one process per output at a time (claims.py)
 
     def fail(name: str, error) -> None:
@@ -271,10 +285,10 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
                    + (f", {part.describe()}" if part is not None else ""))
     try:
         for case in reporter.begin(description, cases):
-            seg_target = out_dir / f"{case.name}.seg.dcm"
+            seg_target, rtstruct_target = out_dir / f"{case.name}.seg.dcm", out_dir / f"{case.name}.rtstruct.dcm"
             # the file written last: its existence means the case is complete
             target = (folder.output if folder.file_output else out_dir / f"{case.name}{case.ending}") if nifti \
-                else seg_target
+                else rtstruct_target if rtstruct_out else seg_target
             if target.resolve() in inputs:
                 fail(case.name, f"{case.files[0]}: the output {target} would overwrite an input; write to another "
                                 f"folder")
@@ -296,7 +310,8 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
                     with reporter.case(case.name) as (on_start, progress):
                         result = segmenter.predict(case, probabilities=probabilities,
                                                    keep_image=statistics or preview, qc=qc, series_uid=series_uid,
-                                                   for_seg=seg_out, workdir=Path(workdir), progress=progress,
+                                                   for_seg=seg_out, for_rtstruct=rtstruct_out,
+                                                   workdir=Path(workdir), progress=progress,
                                                    on_start=on_start, warn=False)
                     for note in result.notes:
                         reporter.warning(note)
@@ -304,7 +319,8 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
                         run.busy.append(case.name)
                         continue
                     write_case(result, segmenter, writer, target, names, partial, statistics=statistics,
-                               preview=preview, nifti=nifti, seg_target=seg_target if seg_out else None)
+                               preview=preview, nifti=nifti, seg_target=seg_target if seg_out else None,
+                               rtstruct_target=rtstruct_target if rtstruct_out else None, algorithm=algorithm)
             except CaseError as e:
                 fail(case.name, e)
                 continue
@@ -339,8 +355,9 @@ def predict_folder(segmenter, input: str | Path, output: str | Path, *, overwrit
 
     ``overwrite`` predicts cases whose output exists (else they are skipped); ``statistics`` writes
     case.statistics.json and statistics.csv, ``qc`` adds the quality fields (and implies ``statistics``),
-    ``preview`` case.png, ``probabilities`` case.npz; ``output_type`` is ``"nifti"``, ``"dicom_seg"`` or ``"both"``
-    (DICOM input), ``series_uid`` picks the series of a DICOM folder holding several. ``part``: a
+    ``preview`` case.png, ``probabilities`` case.npz; ``output_type`` is ``"nifti"``, ``"dicom_seg"``,
+    ``"dicom_rtstruct"`` or several of them comma-separated (``"both"``: ``"nifti,dicom_seg"``; all but nifti need
+    DICOM input), ``series_uid`` picks the series of a DICOM folder holding several. ``part``: a
     :class:`~stunet.prediction.parts.Part` or ``(index, count)`` to predict cases ``index, index+count, ...``; None
     takes the part torchrun or SLURM gives this process, if any (``(0, 1)`` predicts all). ``progress`` shows
     progress bars and a line per case on stderr (``reporter`` replaces them). Raises what :func:`check_folder` and

@@ -1,10 +1,10 @@
 """What a folder run writes for each case (:func:`write_case`: the segmentation and, beside it, statistics, previews,
-probabilities, DICOM-SEG), and for the folder: ``statistics.csv`` and ``provenance.json``.
+probabilities, DICOM-SEG, RT Structure Set), and for the folder: ``statistics.csv`` and ``provenance.json``.
 
 Every file goes through :func:`stunet.atomic.atomic_write`. Label names travel with every output: ``labels.json``,
 the NIfTI header's ``descrip`` field (``stunet labels 1=liver;2=spleen...``, cut at 80 bytes) and a NIfTI header
-extension (code 6, "comment") holding the whole ``labels.json``, the SEG's segment labels, the statistics' names and
-the preview's legend.
+extension (code 6, "comment") holding the whole ``labels.json``, the SEG's segment labels, the RT Structure Set's
+ROI names, the statistics' names and the preview's legend.
 """
 from __future__ import annotations
 
@@ -84,14 +84,38 @@ def write_seg_for_series(target: Path, labels: sitk.Image, series, names: dict[i
                                                      software_version=__version__), partial)
 
 
+def rtstruct_algorithm(record: dict):
+    """The :class:`~stunet.clinical.rtstruct.Algorithm` a run's provenance record (:func:`provenance`) describes."""
+    from stunet.clinical.rtstruct import Algorithm
+    return Algorithm(record.get("stunet_version", __version__), str(record.get("model", "")),
+                     tuple(c["sha256"] for c in record.get("checkpoints", [])))
+
+
+def write_rtstruct_for_series(target: Path, labels: sitk.Image, series, names: dict[int, str], partial: Path,
+                              algorithm) -> None:
+    """An RT Structure Set of ``labels`` (on the series' grid) referencing the series' files; ``algorithm``: a
+    :class:`~stunet.clinical.rtstruct.Algorithm`."""
+    from stunet.clinical.rtstruct import write_rtstruct
+    if not series.files:
+        raise ValueError(f"{series.name}: the RT Structure Set needs the source files (a zip's series is extracted "
+                         f"only while it is read); unzip it first")
+    atomic_write(target, lambda tmp: write_rtstruct(tmp, sitk.GetArrayFromImage(labels), series.files, names,
+                                                    algorithm), partial)
+
+
 def write_case(result, segmenter, writer, target: Path, names: dict[int, str], partial: Path, *, statistics: bool,
-               preview: bool, nifti: bool, seg_target: Path | None) -> None:
+               preview: bool, nifti: bool, seg_target: Path | None, rtstruct_target: Path | None = None,
+               algorithm=None) -> None:
     """Every output of one case (a :class:`~stunet.prediction.case.CaseResult`), each written atomically, beside
     ``target``, the file that marks the case done, written last: statistics and preview (when the result kept its
-    image), probabilities (when it has them), the DICOM-SEG at ``seg_target`` and, with ``nifti``, the label file
-    in the input's format with the label names in its header."""
+    image), probabilities (when it has them), the DICOM-SEG at ``seg_target``, the RT Structure Set at
+    ``rtstruct_target`` (naming ``algorithm``, a :class:`~stunet.clinical.rtstruct.Algorithm`) and, with ``nifti``,
+    the label file in the input's format with the label names in its header."""
     out_dir = target.parent
     seg, properties = result.labels, result.properties
+    if rtstruct_target is not None and not seg.any():
+        raise CaseError(f"{result.name}: nothing labelled, and an RT Structure Set holds at least one ROI; nothing "
+                        f"written (write --output-type nifti or dicom_seg for an empty segmentation)")
     if result.image is not None:
         write_extras(out_dir, result.name, seg, result.image, properties["spacing"], names, partial, statistics,
                      preview, result.quality)
@@ -100,6 +124,9 @@ def write_case(result, segmenter, writer, target: Path, names: dict[int, str], p
             tmp, probabilities=result.probabilities, labels=np.array([names[i] for i in sorted(names)])), partial)
     if seg_target is not None:
         write_seg_for_series(seg_target, segmenter.to_sitk(seg, properties), result.series, names, partial)
+    if rtstruct_target is not None:
+        write_rtstruct_for_series(rtstruct_target, segmenter.to_sitk(seg, properties), result.series, names, partial,
+                                  algorithm or rtstruct_algorithm(segmenter.provenance()))
     if nifti:
         def write(tmp: Path) -> None:
             # ITK aborts on a name that is not UTF-8: it writes a plain one, renamed afterwards
