@@ -94,7 +94,8 @@ class _Runner:
             return
         pending = set()
         for job in jobs:
-            pending.add(self.pool.submit(_job, *job))
+            with _sigint_held_back():  # a worker forked here starts with the held-back handler, not the default
+                pending.add(self.pool.submit(_job, *job))
             if len(pending) >= 2 * self.processes:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
