@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -239,15 +238,3 @@ def write_rtstruct(path: Path, seg: np.ndarray, source_files: Sequence[Path], na
     ds.RTROIObservationsSequence = DicomSequence(observations)
     ds.save_as(str(path), enforce_file_format=True)
 
-
-def read_contours(path: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """ROI name -> [(referenced SOP Instance UID, (n, 3) patient points)] of an RT Structure Set."""
-    ds = pydicom.dcmread(str(path))
-    names = {roi.ROINumber: roi.ROIName for roi in ds.StructureSetROISequence}
-    found: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for outline in ds.ROIContourSequence:
-        found[names[outline.ReferencedROINumber]] = [
-            (item.ContourImageSequence[0].ReferencedSOPInstanceUID,
-             np.array(item.ContourData, dtype=np.float64).reshape(-1, 3))
-            for item in outline.get("ContourSequence", [])]
-    return found
