@@ -19,6 +19,7 @@ from stunet.clinical.dicom import read_dicom
 from stunet.clinical.preview import colour
 from stunet.clinical.rtstruct import Algorithm, check_source_for_rtstruct, write_rtstruct
 from stunet.errors import CaseError
+from stunet.prediction.segmenter import Segmenter
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator_examples"
 NAMES = {v: k for k, v in LABELS.items()}
@@ -209,7 +210,6 @@ def model(tmp_path_factory):
 
 
 def test_the_check_runs_before_the_network(model, tmp_path, monkeypatch):
-    from stunet.prediction.segmenter import Segmenter
     segmenter = Segmenter.from_model_folder(model, device="cpu", mirroring=False)
     write_series(tmp_path / "no_frame", np.zeros((8, 24, 20), np.int16),
                  edit=lambda k, ds: delattr(ds, "FrameOfReferenceUID"))
@@ -247,11 +247,26 @@ def test_stunet_predict_writes_nifti_seg_and_rtstruct(model, tmp_path):
     assert scores and min(scores.values()) == 1.0, scores
     assert sorted(p.name for p in out.iterdir()) == ["labels.json", "patient1.nii.gz", "patient1.rtstruct.dcm",
                                                      "patient1.seg.dcm", "provenance.json"]
-    # only the structure set: it marks the case done; an unknown type is a usage error
-    done = predict("-i", tmp_path / "in", "-o", tmp_path / "rt", "-m", model, "--disable-tta",
-                   "--output-type", "dicom_rtstruct")
-    assert done.returncode == 0 and sorted(p.name for p in (tmp_path / "rt").iterdir()) == \
+    # the structure set alone, from Python: it marks the case done; an unknown type is a usage error
+    segmenter = Segmenter.from_model_folder(model, device="cpu", mirroring=False)
+    run = segmenter.predict_folder(tmp_path / "in", tmp_path / "rt", output_type="dicom_rtstruct", progress=False)
+    assert run.predicted == ["patient1"] and sorted(p.name for p in (tmp_path / "rt").iterdir()) == \
         ["labels.json", "patient1.rtstruct.dcm", "provenance.json"]
+    assert segmenter.predict_folder(tmp_path / "in", tmp_path / "rt", output_type="dicom_rtstruct",
+                                    progress=False).skipped == ["patient1"]
     done = predict("-i", tmp_path / "in", "-o", tmp_path / "bad", "-m", model, "--output-type", "nifti,rtstruct",
                    check=False)
     assert done.returncode == 2 and "'rtstruct' is none of nifti, dicom_seg, dicom_rtstruct" in done.stderr
+
+
+def test_output_types_combine_and_need_dicom_input(tmp_path):
+    from stunet.prediction.folder import ArgumentConflict, check_folder, output_types
+    assert output_types("both") == {"nifti", "dicom_seg"}
+    assert output_types("nifti, dicom_rtstruct") == {"nifti", "dicom_rtstruct"}
+    assert output_types("both,dicom_rtstruct") == {"nifti", "dicom_seg", "dicom_rtstruct"}
+    with pytest.raises(ArgumentConflict, match="'rtss' is none of"):
+        output_types("nifti,rtss")
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(sitk.Image(8, 8, 4, sitk.sitkInt16), str(tmp_path / "in" / "ct_0000.nii.gz"))
+    with pytest.raises(ArgumentConflict, match="--output-type dicom_rtstruct needs DICOM input"):
+        check_folder(tmp_path / "in", tmp_path / "out", "dicom_rtstruct")

@@ -4,7 +4,8 @@ planning systems read.
 One structure set per series, referencing its study, the series, its Frame of Reference and every slice (Referenced
 Frame of Reference Sequence > RT Referenced Study > RT Referenced Series > Contour Image Sequence). One ROI per output
 label present in the label map (ROI Number = the label's index, ROI Name = its name, ROI Display Color =
-:func:`stunet.clinical.preview.colour`, RT ROI Interpreted Type ORGAN unless given), none for an absent one. The
+:func:`stunet.clinical.preview.colour`, RT ROI Interpreted Type ORGAN: the label maps name no other), none for an
+absent one. The
 algorithm (STU-Net, stunet's version, the model, the checkpoints' SHA-256) is in the Structure Set Description, each
 ROI's ROI Generation Algorithm (AUTOMATIC), ROI Generation Description and ROI Derivation Algorithm Identification
 Sequence, and the series' Software Versions.
@@ -192,10 +193,9 @@ def _document(path: Path, sources: list[Dataset], algorithm: Algorithm, descript
 
 
 def write_rtstruct(path: Path, seg: np.ndarray, source_files: Sequence[Path], names: dict[int, str],
-                   algorithm: Algorithm, description: str = "STU-Net segmentation",
-                   interpreted_types: dict[int, str] | None = None) -> None:
+                   algorithm: Algorithm, description: str = "STU-Net segmentation") -> None:
     """``seg`` (slices, rows, columns) on the grid of ``source_files`` (in slice order: file k is slice k) as an RT
-    Structure Set at ``path``; ``interpreted_types``: label -> RT ROI Interpreted Type (ORGAN otherwise)."""
+    Structure Set at ``path``."""
     sources, _ = read_sources(source_files, OUTPUT)  # headers only
     if seg.ndim != 3 or len(sources) != seg.shape[0] or any((s.Rows, s.Columns) != seg.shape[1:] for s in sources):
         raise ValueError(f"label map {seg.shape} is not on the grid of its {len(sources)} source slices")
@@ -230,7 +230,7 @@ def write_rtstruct(path: Path, seg: np.ndarray, source_files: Sequence[Path], na
         roi_contours.append(outline)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = label, label
-        observation.RTROIInterpretedType = (interpreted_types or {}).get(label, INTERPRETED_TYPE)
+        observation.RTROIInterpretedType = INTERPRETED_TYPE
         observation.ROIInterpreter = ""
         observations.append(observation)
     ds.StructureSetROISequence = DicomSequence(rois)
