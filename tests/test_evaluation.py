@@ -333,6 +333,15 @@ def test_pairing_names_missing_and_unmatched_cases(tmp_path):
         pair_cases(ref, tmp_path / "images")
 
 
+def test_rt_structure_sets_beside_the_label_maps_are_not_cases(tmp_path):
+    """stunet-predict --output-type nifti,dicom_rtstruct writes case.rtstruct.dcm beside case.nii.gz: contours, not a
+    label image, so the pairing neither reads it nor lists it as a prediction without a reference."""
+    ref, pred = make_cohort(tmp_path, cases=2)
+    (pred / "case0.rtstruct.dcm").write_bytes(b"not read")
+    pairs = pair_cases(ref, pred)
+    assert [c for c, _, _ in pairs.cases] == ["case0", "case1"] and pairs.unmatched == []
+
+
 def test_other_endings_and_labels_found_in_the_images(tmp_path):
     """.nrrd / .mha are read like .nii.gz; without any label file every label found is evaluated as label_N, and a
     label absent from a case counts as empty in both there."""

@@ -25,6 +25,7 @@ from stunet.paths import split_ending
 
 ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.dcm", ".dcm")
 DICOM_ENDINGS = (".seg.dcm", ".dcm")
+RTSTRUCT_ENDING = ".rtstruct.dcm"  # contours beside stunet-predict's label maps: not a label image
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 MAX_LABELS = 10_000  # labels of a label file or present in one label image (TotalSegmentator has 117)
 MAX_LABEL_VALUE = 2**31 - 1
@@ -41,7 +42,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         split = split_name(path) if path.is_file() and not path.name.startswith(".") else None
-        if split is None:
+        if split is None or path.name.lower().endswith(RTSTRUCT_ENDING):
             continue
         name = split[0]
         if name in found and (split[1] in DICOM_ENDINGS) != (split_name(found[name])[1] in DICOM_ENDINGS):
