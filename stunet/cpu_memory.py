@@ -4,8 +4,13 @@ glibc serves every allocation above 32 MiB with a fresh ``mmap`` and returns it 
 large temporary of a 3D network is zero-filled page by page again on every forward pass. On the 2-core machines of
 benchmarks/forward.py that made STU-Net-S's forward pass at 128³ 1.6-2.3x slower (3.2 s instead of 1.9 s in the
 latest run). ``reuse_freed_memory()`` makes glibc take large blocks from its heap and keep up to 2 GiB of freed memory
-for reuse: faster, at the cost of a process that holds on to its peak memory. stunet's commands and CPU trainings call
-it; call it yourself in scripts that run STU-Nets on a CPU.
+for reuse: faster, at the cost of a process that holds on to its peak memory. A ``stunet.Segmenter`` whose network
+runs on the CPU calls it (so ``stunet-predict`` and ``Segmenter.predict_folder`` do), and CPU trainings set it for
+their duration; scripts that run networks of ``stunet.create_model`` on a CPU call it themselves, once, first::
+
+    from stunet.cpu_memory import reuse_freed_memory
+    reuse_freed_memory()
+    net = stunet.create_model("stunet_small").eval()
 """
 from __future__ import annotations
 
