@@ -152,12 +152,12 @@ def test_atomic_write_moves_data_files_before_the_header(tmp_path, monkeypatch):
 
 
 def test_wrong_number_of_channel_files(tmp_path):
-    model = make_model_folder(tmp_path / "model2ch", channels=2)
+    two_channels = make_model_folder(tmp_path / "model2ch", channels=2)
     write_cases(tmp_path / "in", 2, channels=2)
     (tmp_path / "in" / "case1_0001.nii.gz").unlink()
-    done = predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model_folder, "--disable-tta", check=False)
+    done = predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", two_channels, "--disable-tta", check=False)
     assert done.returncode == 1 and "1 predicted" in done.stderr
-    assert "case1_0000.nii.gz: the model_folder takes 2 channel file(s) (case1_0000, case1_0001); found case1_0000" in \
+    assert "case1_0000.nii.gz: the model takes 2 channel file(s) (case1_0000, case1_0001); found case1_0000" in \
         done.stderr
 
 
