@@ -1,7 +1,8 @@
 """``stunet-evaluate``: compare predicted label images with reference ones, case by case and label by label.
 
 Writes OUT/metrics.csv (one row per case and label), OUT/summary.json (per label and over labels: mean, median, std,
-count of each metric; the empty cases) and OUT/report.html (one self-contained page), as one set: with --no-report an
+count of each metric; the empty cases) and OUT/report.html (one self-contained page: every case, the worst and the
+quality-flagged ones drawn, per fold for a cross-validation), as one set: with --no-report an
 earlier run's report.html is removed; Ctrl-C ends the run with one line, exit status 130, nothing written. See
 docs/evaluation.md.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import sys
 from pathlib import Path
 
 from stunet.cli.errors import cli_entry, interrupt_ends, printable
@@ -21,7 +24,8 @@ suites: """ + "; ".join(f"{name} = {', '.join(m)} ({what})" for name, (m, _, wha
 examples:
   stunet-evaluate -ref $nnUNet_raw/Dataset004_Liver/labelsTr -pred segs/ -o eval/
   stunet-evaluate -ref $nnUNet_raw/Dataset022_FLARE22 -pred $nnUNet_results/Dataset022_FLARE22/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -o eval/ --suite flare
-  stunet-evaluate -ref labelsTs/ -pred segs/ -o eval/ --metrics dice hd95 volume --nsd-tolerance 1 --nsd-tolerance liver=2"""
+  stunet-evaluate -ref labelsTs/ -pred segs/ -o eval/ --metrics dice hd95 volume --nsd-tolerance 1 --nsd-tolerance liver=2
+  stunet-evaluate -ref labelsTs/ -pred segs/ -o eval/ --images imagesTs/"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="label names and values: nnU-Net's dataset.json or a labels.json (default: the predictions' "
                         "labels.json, the dataset.json of the reference's dataset folder or of the predictions' trainer "
                         "folder, else every label found, as label_N)")
+    p.add_argument("--images", type=Path, metavar="FOLDER",
+                   help="the cases' images (imagesTr: case_0000.nii.gz, or case.nii.gz; or a dataset folder): the "
+                        "report draws the worst and the flagged cases' contours over them, else over the masks")
     p.add_argument("-np", "--num-processes", type=int, default=default_processes(),
                    help=f"processes comparing labels in parallel (default {default_processes()})")
     p.add_argument("--no-report", action="store_true", help="skip report.html (an earlier one in OUT is removed)")
@@ -61,7 +68,8 @@ def main(argv=None) -> None:
         rows = evaluate(args.reference, args.prediction, args.output, metrics=args.metrics,
                         nsd_tolerance=args.nsd_tolerance, suite=args.suite, labels=args.labels,
                         num_processes=args.num_processes, report=not args.no_report,
-                        progress=None if args.quiet else print_progress)
+                        progress=None if args.quiet else print_progress, images=args.images,
+                        command=shlex.join(["stunet-evaluate", *(sys.argv[1:] if argv is None else map(str, argv))]))
     cases = len({r["case"] for r in rows})
     dice = [r["dice"] for r in rows if "dice" in r and not math.isnan(r["dice"])]
     extra = f", mean Dice {sum(dice) / len(dice):.4f}" if dice else ""

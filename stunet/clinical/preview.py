@@ -67,3 +67,50 @@ def write_preview(path: Path, image: np.ndarray, seg: np.ndarray, spacing: Seque
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(str(path), dpi=_DPI, format="png")
+
+
+THUMBNAIL_PIXELS = 220  # the side of a disagreement thumbnail
+REFERENCE_COLOUR, PREDICTION_COLOUR = "#2ca02c", "#d62728"
+
+
+def disagreement_slice(reference: np.ndarray, prediction: np.ndarray) -> int:
+    """The index along the first axis of the plane where two masks of one label differ in the most voxels (where
+    they agree everywhere, the plane of the most reference voxels, else of the most predicted ones)."""
+    planes = tuple(range(1, reference.ndim))
+    for counts in (np.count_nonzero(reference ^ prediction, axis=planes), np.count_nonzero(reference, axis=planes),
+                   np.count_nonzero(prediction, axis=planes)):
+        if counts.size and counts.max() > 0:
+            return int(counts.argmax())
+    return reference.shape[0] // 2
+
+
+def disagreement_png(reference: np.ndarray, prediction: np.ndarray, image: np.ndarray | None = None,
+                     aspect: float = 1.0, title: str = "") -> bytes:
+    """A small PNG (THUMBNAIL_PIXELS square) of one plane: the reference's contour in green and the prediction's in
+    red over the image in grey (windowed to its 1st-99th percentiles), or, without an image, over the two masks
+    (reference light, prediction darker, both grey); ``aspect``: the rows' spacing over the columns'."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    size = THUMBNAIL_PIXELS / _DPI
+    figure = Figure(figsize=(size, size), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0, 0, 1, 0.88 if title else 1))
+    if image is not None:
+        lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+        axes.imshow(np.clip((image - lo) / ((hi - lo) or 1.0), 0, 1), cmap="gray", vmin=0, vmax=1,
+                    interpolation="nearest", aspect=aspect)
+    else:
+        axes.imshow(0.45 * reference + 0.3 * prediction, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                    aspect=aspect)
+    for mask, colour_ in ((reference, REFERENCE_COLOUR), (prediction, PREDICTION_COLOUR)):
+        if mask.any() and not mask.all():
+            axes.contour(mask.astype(np.float32), levels=[0.5], colors=[colour_], linewidths=1.2)
+    axes.set_axis_off()
+    if title:
+        figure.text(0.5, 0.99, title, ha="center", va="top", fontsize=7, parse_math=False)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI)
+    return buffer.getvalue()

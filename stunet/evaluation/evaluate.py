@@ -32,8 +32,8 @@ import numpy as np
 from stunet.atomic import atomic_write
 from stunet.errors import printable
 from stunet.evaluation.metrics import Crop, Tolerances, compare, parse_metrics, parse_tolerances, suite_name, SUITES
-from stunet.evaluation.pairing import (LabelSet, default_name, find_label_set, label_boxes, pair_cases,
-                                       parse_labels, read_label_file, read_pair)
+from stunet.evaluation.pairing import (LabelSet, case_folds, default_name, find_images, find_label_set, label_boxes,
+                                       pair_cases, parse_labels, read_label_file, read_pair)
 from stunet.evaluation.summary import csv_columns, summarize, write_csv_text
 
 FIXED = ("case", "label", "name")
@@ -145,7 +145,7 @@ def _resolve_labels(labels, reference: Path, prediction: Path) -> LabelSet | Non
 
 def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None = None, nsd_tolerance=None,
              suite: str | None = None, labels=None, num_processes: int | None = None, report: bool = True,
-             progress: Callable[[str], None] | None = None) -> list[dict]:
+             progress: Callable[[str], None] | None = None, images=None, command: str | None = None) -> list[dict]:
     """Compare the label images of ``prediction`` with those of ``reference`` (folders; cases paired by name) and
     return the table: one dict per case and label with ``case``, ``label`` (its value, or the values of a region
     joined by commas), ``name`` and one float per metric (NaN where a distance is empty).
@@ -156,7 +156,9 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     dataset.json or labels.json path, its contents, or ``{"liver": 1, ...}`` (default: the predictions' labels.json,
     the dataset.json of the reference's dataset folder or of the predictions' trainer folder, else every label found,
     named ``label_N``). With ``output``, writes
-    ``metrics.csv``, ``summary.json`` and (``report``) ``report.html`` there.
+    ``metrics.csv``, ``summary.json`` and (``report``) ``report.html`` there; the page names the folders and
+    ``command`` (the command line), and draws the worst and the quality-flagged cases over their images from
+    ``images`` (a folder of ``case_0000.nii.gz`` or ``case.nii.gz`` files, or a dataset folder), else over the masks.
     """
     reference, prediction = Path(reference), Path(prediction)
     metric_names = parse_metrics(metrics, suite)
@@ -169,6 +171,7 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
         tolerances.check_names([n for n in tolerances.per_label if re.fullmatch(r"label_[1-9][0-9]*", n)],
                                "the label images (labels found there are named label_N)")
     pairs = pair_cases(reference, prediction)
+    image_files = find_images(images) if images is not None and report and output is not None else None
     say = progress or (lambda message: None)
     processes = default_processes() if num_processes is None else max(1, int(num_processes))
     if pairs.missing:
@@ -208,19 +211,40 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     rows = [{k: row.get(k, float("nan")) for k in (*FIXED, *metric_names)} for row in rows]
     if output is not None:
         summary = summarize(rows, metric_names, label_set, counts, tolerances, pairs, suite)
-        write_outputs(Path(output), rows, metric_names, summary, prediction, report)
+        page = None
+        if report:
+            say("drawing the report")
+            page = report_page(rows, metric_names, summary, pairs, label_set, reference, prediction, images,
+                               image_files, command)
+        write_outputs(Path(output), rows, metric_names, summary, page)
     return rows
 
 
-def write_outputs(out: Path, rows: list[dict], metric_names: Sequence[str], summary: dict, prediction: Path,
-                  report: bool) -> None:
-    """metrics.csv, summary.json and (``report``) report.html in ``out``, as one set: all made before any is written,
-    written with SIGINT held back, and an earlier run's report.html removed when ``report`` is off."""
+def report_page(rows: list[dict], metric_names: Sequence[str], summary: dict, pairs, label_set: LabelSet,
+                reference: Path, prediction: Path, images, image_files: dict | None, command: str | None) -> str:
+    """report.html's text: the folders, the command, the folds, and the thumbnails of the worst and the
+    quality-flagged cases (:mod:`.thumbnails`)."""
+    from stunet.evaluation.report import WORST_PER_LABEL, evaluation_report, primary_metric, read_quality
+    from stunet.evaluation.thumbnails import chosen, draw
+
+    quality = read_quality(prediction)
+    primary = primary_metric(metric_names)
+    flagged = {(q["case"], q["name"]) for q in quality if q["flagged"]}
+    picked = chosen(rows, *(primary or (None, True)), flagged, WORST_PER_LABEL)
+    thumbnails = draw(picked, {case: (ref, pred) for case, ref, pred in pairs.cases}, label_set, image_files)
+    inputs = {"reference": reference.resolve(), "prediction": prediction.resolve(),
+              "images": Path(images).resolve() if images is not None else None, "command": command,
+              "folds": case_folds(prediction), "thumbnails": thumbnails}
+    return evaluation_report(rows, metric_names, summary, quality, inputs=inputs)
+
+
+def write_outputs(out: Path, rows: list[dict], metric_names: Sequence[str], summary: dict, page: str | None) -> None:
+    """metrics.csv, summary.json and report.html (``page``; None: none) in ``out``, as one set: all made before any
+    is written, written with SIGINT held back, and an earlier run's report.html removed when there is no page."""
     texts = {"metrics.csv": write_csv_text(rows, csv_columns(metric_names)),
              "summary.json": json.dumps(summary, indent=2, allow_nan=False)}
-    if report:
-        from stunet.evaluation.report import evaluation_report, read_quality
-        texts["report.html"] = evaluation_report(rows, metric_names, summary, read_quality(prediction))
+    if page is not None:
+        texts["report.html"] = page
     with _sigint_held_back():
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:

@@ -79,6 +79,43 @@ def find_label_images(folder: Path | str) -> dict[str, Path]:
     return found
 
 
+def case_folds(folder: Path | str) -> dict[str, str]:
+    """Case name -> fold (``fold_N``) of predictions laid out as nnU-Net's cross-validation: a trainer folder's
+    ``fold_*/validation`` cases, or a ``fold_N/validation`` folder's; empty for other folders."""
+    folder = Path(folder)
+    if folder.name == "validation" and folder.parent.name.startswith("fold_"):
+        return {name: folder.parent.name for name in _label_files(folder)}
+    if not folder.is_dir() or _label_files(folder) or (folder / "labelsTr").is_dir():
+        return {}
+    return {name: validation.parent.name for validation in _folds(folder) for name in _label_files(validation)}
+
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def find_images(folder: Path | str) -> dict[str, Path]:
+    """Case name -> image of a folder of images (``imagesTr`` as nnU-Net names them, ``case_0000.nii.gz``, the first
+    channel; or ``case.nii.gz``), or of a dataset folder's ``imagesTr``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if (folder / "imagesTr").is_dir() and not any(split_ending(p, IMAGE_ENDINGS) for p in folder.iterdir()):
+        folder = folder / "imagesTr"
+    found: dict[str, Path] = {}
+    channels: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        split = split_ending(path, IMAGE_ENDINGS) if path.is_file() and not path.name.startswith(".") else None
+        if not split or not split[0]:
+            continue
+        stem = split[0]
+        if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+            if stem[-4:] == "0000":
+                channels[stem[:-5]] = path
+        else:
+            found[stem] = path
+    return {**found, **channels}
+
+
 @dataclass
 class Pairs:
     cases: list[tuple[str, Path, Path]]  # (case, reference, prediction), sorted by case

@@ -49,8 +49,36 @@ tr.flagged td { background: #fff1e6; }
 .settings td { text-align: left; }
 .note { color: #666; font-size: 0.9em; }
 .value { white-space: nowrap; } small { color: #666; white-space: nowrap; }
-.scroll { overflow-x: auto; } img.plot { max-width: none; }
+.scroll { overflow-x: auto; max-width: 100%; } img { max-width: 100%; height: auto; }
+th.sortable { cursor: pointer; } th.sortable:hover { background: #e6eefc; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 10px; } figure { margin: 0; font-size: 0.8em; max-width: 240px; }
+figcaption { color: #444; overflow-wrap: anywhere; } .key-ref { color: #2ca02c; } .key-pred { color: #d62728; }
 """
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("thead th").forEach(function (th, column) {
+    th.classList.add("sortable"); th.title = "sort";
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.from(body.rows), up = th.dataset.order !== "up";
+      th.dataset.order = up ? "up" : "down";
+      function key(row) { var c = row.cells[column], v = c ? (c.dataset.v !== undefined ? c.dataset.v : c.textContent) : "";
+        var n = parseFloat(v); return isNaN(n) ? v : n; }
+      rows.sort(function (a, b) { var x = key(a), y = key(b), t = typeof x === "number" && typeof y === "number";
+        var r = t ? x - y : String(x).localeCompare(String(y)); return up ? r : -r; });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+UNITS = {"hd95": "mm", "hd": "mm", "assd": "mm"}
+MAX_FIGURE_INCHES = 14.0  # at 100 dpi: 1400 pixels, the width of a laptop's window
+PANELS_PER_ROW = 4
+
+
+def metric_header(metric: str) -> str:
+    """A metric's column name with its unit: ``hd95 (mm)``, ``volume_ref_ml (ml)``; scores have none."""
+    unit = UNITS.get(metric) or ("ml" if metric.endswith("_ml") else "")
+    return f"{metric} ({unit})" if unit else metric
 
 
 # -- reading what stunet-predict wrote ------------------------------------------------------------------------------
@@ -161,7 +189,8 @@ def _box_statistics(points: np.ndarray) -> tuple[float, float, float, float, flo
 
 def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = "") -> str | None:
     """Horizontal box plots (cases as dots), one row per label and one panel per metric (``panels``: panel title ->
-    label name -> values), side by side so each label's row reads across the metrics; a PNG data URI, None when no
+    label name -> values), side by side so each label's row reads across the metrics (PANELS_PER_ROW to a line, the
+    figure at most MAX_FIGURE_INCHES wide); a PNG data URI, None when no
     label has a value; the first PLOTTED_LABELS labels that have one. Drawn as a few collections per panel and the
     names once, so a hundred labels and ten metrics take a second or two (matplotlib lays out each text slowly)."""
     from matplotlib.collections import LineCollection, PolyCollection
@@ -179,12 +208,19 @@ def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = ""
     shown = {name: _plot_text(name) for name in names}
     rows = {name: float(r) for name, r in zip(names, range(len(names) - 1, -1, -1))}
     margin = 0.3 + 0.062 * max(len(n) for n in shown.values())  # inches for the names, at 7 points
-    width = margin + 2.6 * len(panels) + 0.2
-    height = max(2.4, 0.9 + 0.2 * len(names))
+    columns = min(len(panels), PANELS_PER_ROW)
+    lines = math.ceil(len(panels) / columns)
+    panel_width = min(2.6, (MAX_FIGURE_INCHES - margin - 0.2) / columns)
+    width = min(MAX_FIGURE_INCHES, margin + panel_width * columns + 0.2)
+    line_height = max(1.5, 0.2 * len(names))
+    height = 0.9 + line_height * lines + 0.45 * (lines - 1)
     figure = Figure(figsize=(width, height))
-    axes_list = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    grid = figure.subplots(lines, columns, sharey=True, squeeze=False)
+    for spare in grid.ravel()[len(panels):]:
+        spare.set_visible(False)
+    axes_list = grid.ravel()[:len(panels)]
     figure.subplots_adjust(left=margin / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.35 / height,
-                           wspace=0.12)
+                           wspace=0.12, hspace=0.45 / line_height)
     rng = np.random.default_rng(0)
     for axes, (panel, values) in zip(axes_list, panels.items()):
         data = {n: np.array([x for x in values.get(n, []) if not math.isnan(x)], dtype=np.float64) for n in names}
@@ -214,14 +250,56 @@ def distribution_plot(panels: dict[str, dict[str, list[float]]], title: str = ""
         else:
             span = float(xs.max() - xs.min()) or max(abs(float(xs.max())), 1.0)
             axes.set_xlim(float(xs.min()) - 0.04 * span, float(xs.max()) + 0.04 * span)
-    first = axes_list[0]
-    first.set_ylim(-0.7, len(names) - 0.3)
-    first.set_yticks([])
-    for name, row in rows.items():  # plain texts: cheaper than tick labels
-        first.text(-0.02, row, shown[name], transform=first.get_yaxis_transform(), ha="right", va="center",
-                   fontsize=7, parse_math=False)
+    for first in grid[:, 0]:
+        first.set_ylim(-0.7, len(names) - 0.3)
+        first.set_yticks([])
+        for name, row in rows.items():  # plain texts: cheaper than tick labels
+            first.text(-0.02, row, shown[name], transform=first.get_yaxis_transform(), ha="right", va="center",
+                       fontsize=7, parse_math=False)
     if title:
         figure.suptitle(_plot_text(title, 200), fontsize=10, parse_math=False)
+    return _figure_uri(figure)
+
+
+def volume_plot(rows: list[dict]) -> str | None:
+    """Reference against predicted volume (ml), one dot per case and label (a colour per label, the first
+    PLOTTED_LABELS), with the identity line; log axes when the volumes span more than a hundredfold. A PNG data URI
+    (700 pixels wide), None without both volumes."""
+    from matplotlib.figure import Figure
+
+    points: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        a, b = float(row.get("volume_ref_ml", math.nan)), float(row.get("volume_pred_ml", math.nan))
+        if not (math.isnan(a) or math.isnan(b)):
+            points.setdefault(row["name"], []).append((a, b))
+    if not points:
+        return None
+    names = list(points)[:PLOTTED_LABELS]
+    every = np.array([p for n in names for p in points[n]], dtype=np.float64)
+    positive = every[every > 0]
+    logarithmic = positive.size > 1 and positive.max() > 100 * positive.min()
+    figure = Figure(figsize=(7.0, 5.6))
+    axes = figure.add_axes((0.11, 0.1, 0.6 if len(names) <= 20 else 0.85, 0.82))
+    from matplotlib import colormaps
+    palette = colormaps["tab20"]
+    for i, name in enumerate(names):
+        xy = np.array(points[name])
+        axes.scatter(xy[:, 0], xy[:, 1], s=14, color=palette(i % 20), label=_plot_text(name, 30), alpha=0.8,
+                     linewidths=0)
+    low = positive.min() * 0.8 if logarithmic else 0.0
+    high = max(float(every.max()), 1e-9) * 1.05
+    axes.plot([low, high], [low, high], color="#555555", linewidth=1, linestyle="--", label="identity")
+    if logarithmic:
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_xlabel("reference volume (ml)", fontsize=9)
+    axes.set_ylabel("predicted volume (ml)", fontsize=9)
+    axes.tick_params(labelsize=7)
+    axes.grid(alpha=0.3)
+    if len(names) <= 20:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     return _figure_uri(figure)
 
 
@@ -230,33 +308,97 @@ def _page(title: str, sections: list[str]) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n" + "\n".join(sections)
             + f'\n<p class="note">Written by stunet {_e(__version__)} on {_e(time.strftime("%Y-%m-%d %H:%M"))}.</p>'
-            "\n</body></html>\n")
+            f"\n<script>{SORT_SCRIPT}</script>\n</body></html>\n")
 
 
-def _quality_section(quality: list[dict]) -> str:
+def _sortable(headers: Sequence[str], rows: Sequence[Sequence[tuple[str, object]]], text_columns: int, css: str,
+              row_classes: Sequence[str] | None = None) -> str:
+    """A table whose header cells sort it (SORT_SCRIPT): each cell is (HTML, sort key or None)."""
+    head = "".join(f'<th class="text">{_e(h)}</th>' if i < text_columns else f"<th>{_e(h)}</th>"
+                   for i, h in enumerate(headers))
+    body = []
+    for n, row in enumerate(rows):
+        cells = []
+        for i, (content, key) in enumerate(row):
+            data = "" if key is None else f' data-v="{_e(key)}"'
+            cells.append(f'<td class="text"{data}>{content}</td>' if i < text_columns else f"<td{data}>{content}</td>")
+        klass = f' class="{row_classes[n]}"' if row_classes and row_classes[n] else ""
+        body.append(f"<tr{klass}>{''.join(cells)}</tr>")
+    return (f'<div class="scroll"><table class="{css} sortable"><thead><tr>{head}</tr></thead><tbody>'
+            f'{"".join(body)}</tbody></table></div>')
+
+
+def _key(value) -> object:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else repr(number)
+
+
+def _thumbnails(pairs: Sequence[tuple[str, str]], thumbnails: dict[tuple[str, str], str], rows_by_key: dict,
+                metric: str | None) -> str:
+    figures = []
+    for case, name in pairs:
+        uri = thumbnails.get((case, name))
+        if uri is None:
+            continue
+        value = rows_by_key.get((case, name), {}).get(metric) if metric else None
+        caption = f"{_e(case)} · {_e(name)}" + (f" · {_e(metric)} {_number(value)}" if value is not None else "")
+        figures.append(f'<figure><img alt="{_e(case)} {_e(name)}" src="{uri}" width="220" height="220">'
+                       f"<figcaption>{caption}</figcaption></figure>")
+    if not figures:
+        return ""
+    return ('<p class="note">The plane where the two masks differ most: <span class="key-ref">reference</span> and '
+            '<span class="key-pred">prediction</span> contours.</p><div class="thumbs">' + "".join(figures) + "</div>")
+
+
+def _quality_section(quality: list[dict], thumbnails: dict | None = None) -> str:
     if not quality:
         return ('<h2 id="quality">Quality flags</h2><p class="note">No quality-control fields in the predictions\' '
-                "statistics (stunet-predict --statistics with quality control writes them).</p>")
+                "statistics: run <code>stunet-predict --qc</code> to write them (case.statistics.json, one entry per "
+                "label), then evaluate or report that folder again.</p>")
     flagged = [q for q in quality if q["flagged"]]
-    per_label: dict[str, list[str]] = {}
-    for q in flagged:
-        per_label.setdefault(q["name"], []).append(q["case"])
     parts = [f'<h2 id="quality">Quality flags</h2><p>{len(flagged)} of {len(quality)} case-label pairs with '
              f"quality-control fields are flagged.</p>"]
-    if per_label:
-        parts.append(_table(["label", "flagged cases", "cases"],
-                            [[_e(n), str(len(c)), _e(", ".join(c[:10]) + (" ..." if len(c) > 10 else ""))]
-                             for n, c in sorted(per_label.items(), key=lambda kv: -len(kv[1]))], 1, "quality-labels"))
+    per_label: dict[str, list[dict]] = {}
+    for q in quality:
+        per_label.setdefault(q["name"], []).append(q)
+
+    def numbers(entries, field):
+        return [float(e[field]) for e in entries if isinstance(e.get(field), (int, float))
+                and not isinstance(e.get(field), bool) and not math.isnan(float(e[field]))]
+
+    summary_rows = []
+    for name, entries in per_label.items():
+        conf, uncertain = numbers(entries, "confidence"), numbers(entries, "uncertain_fraction")
+        case_conf, border = numbers(entries, "case_confidence"), numbers(entries, "border_section")
+        outside, largest = numbers(entries, "outside_intensity_fraction"), numbers(entries, "largest_component_fraction")
+        cases = [e["case"] for e in entries if e["flagged"]]
+        summary_rows.append([_e(name), str(len(entries)), str(len(cases)),
+                             _number(float(np.mean(conf))) if conf else "", _number(min(conf)) if conf else "",
+                             _number(max(uncertain)) if uncertain else "", _number(min(case_conf)) if case_conf else "",
+                             _number(min(largest)) if largest else "", _number(max(border)) if border else "",
+                             _number(max(outside)) if outside else "",
+                             _e(", ".join(cases[:10]) + (" ..." if len(cases) > 10 else ""))])
+    parts.append('<p class="note">Per label over the cases (rules and thresholds: docs/evaluation.md, Quality '
+                 "control).</p>" + _table(["label", "cases", "flagged", "confidence mean", "confidence min",
+                                           "uncertain fraction max", "case confidence min",
+                                           "largest component fraction min", "border section max",
+                                           "outside intensity fraction max", "flagged cases"], summary_rows, 1,
+                                          "quality-labels"))
     if flagged:
         parts.append(_table(["case", "label", *QC_FIELDS],
                             [[_e(q["case"]), _e(q["name"]), *[_number(q[f]) for f in QC_FIELDS[:-1]],
                               _e(flag_text(q["flag"]))] for q in flagged], 2, "quality",
                             ["flagged"] * len(flagged)))
+        if thumbnails:
+            parts.append(_thumbnails([(q["case"], q["name"]) for q in flagged], thumbnails, {}, None))
     return "\n".join(parts)
 
 
 # -- an evaluation ---------------------------------------------------------------------------------------------------
-def _primary(metric_names: Sequence[str]) -> tuple[str, bool] | None:
+def primary_metric(metric_names: Sequence[str]) -> tuple[str, bool] | None:
     """The metric that orders the worst cases, and whether higher is better."""
     for metric in ("dice", "nsd", "iou"):
         if metric in metric_names:
@@ -267,25 +409,71 @@ def _primary(metric_names: Sequence[str]) -> tuple[str, bool] | None:
     return None
 
 
+def _fold_section(rows: list[dict], metric_names: Sequence[str], folds: dict[str, str], names: Sequence[str],
+                  primary: tuple[str, bool] | None) -> str:
+    by_fold: dict[str, list[dict]] = {}
+    for row in rows:
+        by_fold.setdefault(folds.get(row["case"], "(no fold)"), []).append(row)
+    order = sorted(by_fold, key=lambda f: (len(f), f))
+
+    def label_means(mine, metric):
+        out = {}
+        for name in names:
+            values = [float(r[metric]) for r in mine if r["name"] == name and not math.isnan(float(r[metric]))]
+            if values:
+                out[name] = float(np.mean(values))
+        return out
+
+    overall = [[_e(fold), str(len({r["case"] for r in by_fold[fold]})),
+                *[_number(float(np.mean(list(m.values())))) if (m := label_means(by_fold[fold], metric)) else ""
+                  for metric in metric_names]] for fold in order]
+    parts = ['<h2 id="folds">Per fold</h2><p class="note">The cross-validation\'s folds apart (each fold_N/validation '
+             "holds that fold's held-out cases): per metric, the mean over labels of each label's mean in the "
+             "fold.</p>" + _table(["fold", "cases", *[metric_header(m) for m in metric_names]], overall, 1, "folds")]
+    if primary:
+        metric = primary[0]
+        means = {fold: label_means(by_fold[fold], metric) for fold in order}
+        parts.append(f'<p class="note">{_e(metric_header(metric))}: each label\'s mean per fold.</p>' + _table(
+            ["label", *order], [[_e(name), *[_number(means[f].get(name)) for f in order]] for name in names], 1,
+            "fold-labels"))
+    return "\n".join(parts)
+
+
 def evaluation_report(rows: list[dict], metric_names: Sequence[str], summary: dict,
-                      quality: list[dict] | None = None, title: str = "Segmentation evaluation") -> str:
+                      quality: list[dict] | None = None, title: str = "Segmentation evaluation",
+                      inputs: dict | None = None) -> str:
+    """The page of an evaluation. ``inputs`` (all optional): ``reference``, ``prediction``, ``images`` (folders),
+    ``command`` (the command line), ``folds`` (case -> fold), ``thumbnails`` ((case, label name) -> PNG data URI)."""
+    inputs = inputs or {}
     per_label = summary["per_label"]
     tolerance = summary.get("nsd_tolerance_mm")
-    settings = [["cases", str(summary["cases"])], ["labels", f"{len(per_label)} (from {_e(summary['labels_from'])})"],
-                ["metrics", _e(", ".join(metric_names))]]
+    folds = inputs.get("folds") or {}
+    thumbnails = inputs.get("thumbnails") or {}
+    settings = [[what, _e(inputs[key])] for key, what in (
+        ("reference", "reference folder"), ("prediction", "prediction folder"), ("images", "image folder (--images)"),
+        ("command", "command")) if inputs.get(key)]
+    settings += [["cases", str(summary["cases"])],
+                 ["labels", f"{len(per_label)} (from {_e(summary['labels_from'])})"],
+                 ["metrics", _e(", ".join(metric_header(m) for m in metric_names))]]
     if summary.get("suite"):
         settings.append(["suite", _e(summary["suite"])])
     if tolerance:
         settings.append(["NSD tolerance (mm)", _e(", ".join([f"{tolerance['default']:g}"] + [
             f"{k}={v:g}" for k, v in tolerance.get("per_label", {}).items()]))])
+    if folds:
+        settings.append(["folds", _e(", ".join(sorted(set(folds.values()), key=lambda f: (len(f), f))))])
     for key, what in (("missing_predictions", "references without a prediction (left out)"),
                       ("unmatched_predictions", "predictions without a reference (left out)")):
         if summary.get(key):
             cases = summary[key]
             settings.append([what, _e(f"{len(cases)}: " + ", ".join(cases[:20]) + (" ..." if len(cases) > 20 else ""))])
-    sections = ['<h2 id="settings">Settings</h2>' + _table(None, settings, 2, "settings")]
+    sections = ['<p class="note">Sections: <a href="#summary">per label</a> · <a href="#distributions">distributions'
+                '</a> · <a href="#volumes">volumes</a> · <a href="#worst">worst cases</a> · <a href="#quality">quality'
+                '</a> · <a href="#cases">every case</a> · <a href="#empty">empty masks</a>'
+                + (' · <a href="#folds">per fold</a>' if folds else "") + "</p>",
+                '<h2 id="settings">Settings</h2>' + _table(None, settings, 2, "settings")]
 
-    headers = ["label", "name", "cases"] + [f"{m}: mean ± std" for m in metric_names]
+    headers = ["label", "name", "cases"] + [f"{metric_header(m)}: mean ± std" for m in metric_names]
 
     def cell(stats):
         if not stats["count"]:
@@ -300,25 +488,32 @@ def evaluation_report(rows: list[dict], metric_names: Sequence[str], summary: di
     sections.append('<h2 id="summary">Per label</h2><p class="note">Over labels: the statistics of the per-label '
                     "means. Empty distances (a mask empty in the reference or the prediction) are not counted.</p>"
                     + _table(headers, table_rows, 2, "summary"))
+    primary = primary_metric(metric_names)
+    if folds:
+        sections.append(_fold_section(rows, metric_names, folds, list(per_label), primary))
 
     panels = {}
     for metric in metric_names:
         values = {name: [] for name in per_label}
         for row in rows:
             values.setdefault(row["name"], []).append(float(row[metric]))
-        unit = "mm" if metric in ("hd95", "hd", "assd") else "ml" if metric.endswith("_ml") else ""
-        panels[f"{metric} ({unit})" if unit and not metric.endswith("_ml") else metric] = values
+        panels[metric_header(metric)] = values
     uri = distribution_plot(panels)
     sections.append('<h2 id="distributions">Distributions</h2><p class="note">Per label, each metric across the '
                     "cases: the box spans the quartiles, the red line is the median, the whiskers reach 1.5 "
                     "interquartile ranges, the dots are the cases.</p>" + (
-                        f'<div class="scroll"><img class="plot" alt="each metric per label" src="{uri}"></div>'
+                        f'<img class="plot" alt="each metric per label" src="{uri}">'
                         if uri else '<p class="note">No values.</p>'))
+    volumes = volume_plot(rows)
+    sections.append('<h2 id="volumes">Volumes</h2>' + (
+        '<p class="note">Reference against predicted volume, one dot per case and label; on the dashed identity line '
+        f'they agree.</p><img class="plot" alt="reference against predicted volume" src="{volumes}">' if volumes else
+        '<p class="note">No volumes: evaluate with the <code>volume</code> metric (a default) to see them.</p>'))
 
-    primary = _primary(metric_names)
+    rows_by_key = {(r["case"], r["name"]): r for r in rows}
     if primary:
         metric, higher = primary
-        worst_rows = []
+        worst_rows, worst_pairs = [], []
         by_name: dict[str, list[dict]] = {}
         for row in rows:
             if not math.isnan(float(row[metric])):
@@ -329,9 +524,33 @@ def evaluation_report(rows: list[dict], metric_names: Sequence[str], summary: di
             for rank, row in enumerate(mine[:WORST_PER_LABEL], start=1):
                 worst_rows.append([_e(name) if rank == 1 else "", _e(row["case"]),
                                    *[_number(row[m]) for m in metric_names]])
+                worst_pairs.append((row["case"], name))
+        worst_pairs.sort(key=lambda key: (float(rows_by_key[key][metric]) if higher
+                                          else -float(rows_by_key[key][metric])))
         sections.append(f'<h2 id="worst">Worst cases per label</h2><p class="note">The {WORST_PER_LABEL} cases with '
                         f"the {'lowest' if higher else 'highest'} {_e(metric)} of each label.</p>"
-                        + _table(["label", "case", *metric_names], worst_rows, 2, "worst"))
+                        + _table(["label", "case", *[metric_header(m) for m in metric_names]], worst_rows, 2, "worst")
+                        + _thumbnails(worst_pairs, thumbnails, rows_by_key, metric))
+
+    sections.append(_quality_section(quality or [], thumbnails))
+
+    by_pair = {(q["case"], q["name"]): q for q in quality or []}
+    case_headers = ["case", *(["fold"] if folds else []), "label", *[metric_header(m) for m in metric_names]]
+    if by_pair:
+        case_headers += ["confidence", "QC flag"]
+    case_rows, classes = [], []
+    for row in rows:
+        cells = [(_e(row["case"]), None), *([(_e(folds.get(row["case"], "")), None)] if folds else []),
+                 (_e(row["name"]), None), *[(_number(row[m]), _key(row[m])) for m in metric_names]]
+        q = by_pair.get((row["case"], row["name"]))
+        if by_pair:
+            cells += [(_number(q["confidence"]) if q else "", _key(q["confidence"]) if q else None),
+                      (_e(flag_text(q["flag"])) if q and q["flagged"] else "", None)]
+        case_rows.append(cells)
+        classes.append("flagged" if q and q["flagged"] else "")
+    sections.append(f'<h2 id="cases">Every case</h2><p class="note">{len(rows)} rows, one per case and label, as '
+                    "metrics.csv holds them; click a column's header to sort by it.</p>"
+                    + _sortable(case_headers, case_rows, 3 if folds else 2, "cases", classes))
 
     empty_rows = [[_e(name), *[_e(f"{len(entry['empty'][k])}" + (": " + ", ".join(entry["empty"][k][:8]) + (
         " ..." if len(entry["empty"][k]) > 8 else "") if entry["empty"][k] else "")) for k in
@@ -341,7 +560,6 @@ def evaluation_report(rows: list[dict], metric_names: Sequence[str], summary: di
                     "distances empty in both cases.</p>" + (
                         _table(["label", "empty in reference only", "empty in prediction only", "empty in both"],
                                empty_rows, 4, "empty") if empty_rows else "<p>None.</p>"))
-    sections.append(_quality_section(quality or []))
     return _page(title, sections)
 
 
