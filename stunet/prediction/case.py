@@ -59,6 +59,7 @@ class CaseResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: read, preprocess, network, export[, qc]
     tiles: int = 0
     quality: dict[str, dict] | None = None  # with qc=True: per label name (stunet.clinical.quality)
+    skipped_tiles: int = 0  # of ``tiles``, those holding no body (stunet.prediction.body): not run
 
 
 @dataclass
@@ -226,7 +227,8 @@ def predict_case(engine, source, *, spacing: Sequence[float] | None = None, affi
     if qc:
         qc_start = time.perf_counter()
         members = {label: engine.members[i] for i, label in enumerate(sorted(engine.label_names))}
-        checked = quality(seg, tally, members, engine.label_names)
+        intensities = (engine.model.plans.get("foreground_intensity_properties_per_channel") or {}).get("0")
+        checked = quality(seg, tally, members, engine.label_names, first, intensities)
         timings["qc"] = time.perf_counter() - qc_start
     return CaseResult(case_name(source), seg, properties, probs, first, read.series, read.reference, notes, timings,
-                      engine.predictor.tiles, checked)
+                      engine.predictor.tiles, checked, engine.predictor.skipped_tiles)
