@@ -98,10 +98,12 @@ def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
     """``stunet-predict ARGS`` run in this process (``stunet.cli.predict.main``, as the console script runs it): its
     exit status and what it printed. Use :func:`predict_process` where the separate process is what is tested."""
     from stunet.cli.predict import main
+    from stunet.cpu_memory import freed_memory_reused
 
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # the command configures glibc's allocator for the rest of its process: here, for the run only
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), freed_memory_reused():
         try:
             main(argv)
             code = 0
