@@ -5,7 +5,6 @@ import contextlib
 import io
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def write_cases(folder: Path, n: int, channels: int = 1, shape=(14, 40, 36)) -> 
 
 def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
     """``stunet-predict ARGS`` run in this process (``stunet.cli.predict.main``, as the console script runs it): its
-    exit status and what it printed. Use :func:`predict_process` where the separate process is what is tested."""
+    exit status and what it printed (where a separate process is what is tested, run the console script)."""
     from stunet.cli.predict import main
     from stunet.cpu_memory import freed_memory_reused
 
@@ -112,15 +111,6 @@ def predict(*args, check: bool = True) -> subprocess.CompletedProcess:
             if stop.code is not None and not isinstance(stop.code, int):
                 err.write(f"{stop.code}\n")
     done = subprocess.CompletedProcess(["stunet-predict", *argv], code, out.getvalue(), err.getvalue())
-    if check and done.returncode != 0:
-        raise AssertionError(f"stunet-predict failed:\n{done.stderr[-3000:]}")
-    return done
-
-
-def predict_process(*args, check: bool = True) -> subprocess.CompletedProcess:
-    """``stunet-predict ARGS`` as the installed console script, in a process of its own."""
-    exe = Path(sys.executable).parent / "stunet-predict"
-    done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"stunet-predict failed:\n{done.stderr[-3000:]}")
     return done
