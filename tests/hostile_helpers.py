@@ -318,7 +318,8 @@ def careless_images(folder: Path) -> dict[str, tuple[Path, str]]:
     folder.mkdir(parents=True, exist_ok=True)
     volume = synthetic_volume(5, (10, 24, 20))
     for name, value in (("all_nan", np.nan), ("all_inf", np.inf)):
-        nib.save(nib.Nifti1Image(np.full(volume.shape[::-1], value, np.float32), AFFINE), folder / f"{name}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(np.full(volume.shape[::-1], value, np.float32), AFFINE),
+                 folder / f"{name}_0000.nii.gz")
     four = np.stack([volume, volume], -1).transpose(2, 1, 0, 3)
     nib.save(nib.Nifti1Image(four, AFFINE), folder / "four_d_0000.nii.gz")
     rgb = np.zeros(volume.shape[::-1], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
