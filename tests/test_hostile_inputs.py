@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import stunet
 from hostile_helpers import escaping_headers, synthetic_volume
 from predict_helpers import predict, write_image
 from stunet.errors import CaseError
