@@ -299,7 +299,9 @@ def volume_plot(rows: list[dict]) -> str | None:
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)
     if len(names) <= 20:
-        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        legend = axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        for text in legend.get_texts():  # names as written: a $ is a dollar sign
+            text.set_parse_math(False)
     return _figure_uri(figure)
 
 

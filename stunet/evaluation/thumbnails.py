@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from stunet.clinical.preview import disagreement_png, disagreement_slice
+from stunet.errors import printable
 from stunet.evaluation.pairing import LabelSet, read_pair
 
 MAX_THUMBNAILS = 24
@@ -87,6 +88,6 @@ def draw(pairs: Sequence[tuple[str, str]], files: dict[str, tuple[Path, Path]], 
                 plane, aspect, where = image, spacing[0] / spacing[1], "2D"
             window = _window(a, b)
             png = disagreement_png(a[window], b[window], None if plane is None else plane[window].astype(np.float64),
-                                   aspect, f"{case[:28]} · {name[:20]} · {where}")
+                                   aspect, printable(f"{case[:28]} · {name[:20]} · {where}"))
             out[(case, name)] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     return out
