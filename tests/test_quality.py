@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from predict_helpers import make_model_folder, predict, write_cases
-from stunet.clinical.quality import FRAGMENTED, LOW_CONFIDENCE, components, flag, label_confidence, quality
+from stunet.clinical.quality import (CUT_BY_BORDER, FRAGMENTED, LOW_CASE_CONFIDENCE, LOW_CONFIDENCE,
+                                     OUTSIDE_INTENSITIES, QC_FIELDS, border_section, case_confidence, components,
+                                     flag, label_confidence, quality)
 from stunet.prediction.export import ConfidenceTally, argmax
 
 
@@ -63,11 +65,11 @@ def test_predict_writes_the_quality_fields(tmp_path):
     predict("-i", tmp_path / "in", "-o", tmp_path / "out", "-m", model, "--disable-tta", "--qc")
     stats = json.loads((tmp_path / "out" / "case0.statistics.json").read_text())
     for entry in stats.values():
-        assert {"confidence", "uncertain_fraction", "components", "largest_component_fraction", "flag"} <= set(entry)
+        assert set(QC_FIELDS) <= set(entry)
         if entry["voxels"]:
             assert 0 < entry["confidence"] <= 1 and entry["components"] >= 1
     header = (tmp_path / "out" / "statistics.csv").read_text().splitlines()[0]
-    assert header.endswith("confidence,uncertain_fraction,components,largest_component_fraction,flag")
+    assert header.endswith(",".join(QC_FIELDS))
 
 
 def test_quality_of_a_map_without_a_tally():
@@ -75,3 +77,57 @@ def test_quality_of_a_map_without_a_tally():
     seg[1:3, 1:3, 1:3] = 1
     out = quality(seg, None, {1: [1]}, {0: "background", 1: "ball"})
     assert out["ball"]["components"] == 1 and np.isnan(out["ball"]["confidence"])
+
+
+class Tally:
+    """A ConfidenceTally's sums as the export leaves them (per model class: voxels won, the sum of their winning
+    probabilities, how many below 0.5)."""
+
+    def __init__(self, voxels, confidence, uncertain):
+        self.voxels, self.confidence, self.uncertain = (torch.tensor(a, dtype=torch.float64)
+                                                        for a in (voxels, confidence, uncertain))
+
+
+def test_the_rules_on_synthetic_tallies():
+    """Each rule fires on the field it reads, at its documented threshold, and names itself; NaN fires nothing."""
+    assert case_confidence([1000, 10, 10], [990.0, 9.0, 9.4], {0: [0], 1: [1], 2: [2]}) == pytest.approx(0.92)
+    assert flag(0.99, 0.0, 1, 1.0, LOW_CASE_CONFIDENCE + 0.01, 0.0, 0.0) == ""
+    assert "low confidence over the case" in flag(0.99, 0.0, 1, 1.0, LOW_CASE_CONFIDENCE - 0.01)
+    assert "cut by the image border" in flag(0.99, 0.0, 1, 1.0, border=CUT_BY_BORDER)
+    assert "intensities unlike training" in flag(0.99, 0.0, 1, 1.0, outside=OUTSIDE_INTENSITIES + 0.01)
+    assert flag(0.99, 0.0, 0, float("nan"), 0.5, 1.0, 1.0) == ""  # absent: nothing to judge
+    assert flag(*[float("nan")] * 2, 1, 1.0) == ""  # confidence unknown (a region-based model)
+
+
+def test_border_section_measures_how_deep_a_face_cuts():
+    seg = np.zeros((10, 12, 12), np.uint8)
+    seg[3:7, 0:6, 3:9] = 1  # a box cut by the y = 0 face where it is widest
+    grid = np.ogrid[:10, :12, :12]
+    ball = sum((g - c) ** 2 for g, c in zip(grid, (5, 6, 3))) <= 9
+    seg[ball & (seg == 0)] = 2  # a ball that reaches the x = 0 face with one voxel row of its widest section
+    seg[5, 6, 11] = 3  # a speck on the x = 11 face: cut where it is widest
+    boxes = {1: (slice(3, 7), slice(0, 6), slice(3, 9))}
+    assert border_section(seg[boxes[1]] == 1, boxes[1], seg.shape) == 1.0
+    inner = np.zeros((10, 12, 12), np.uint8)
+    inner[3:7, 3:7, 3:7] = 1
+    assert quality(inner, None, {1: [1]}, {1: "box"})["box"]["border_section"] == 0.0
+    found = quality(seg, None, {1: [1], 2: [2], 3: [3]}, {1: "box", 2: "ball", 3: "speck"})
+    assert found["box"]["border_section"] == 1.0 and "cut by the image border" in found["box"]["flag"]
+    assert 0 < found["ball"]["border_section"] < CUT_BY_BORDER and "cut" not in found["ball"]["flag"]
+
+
+def test_intensities_outside_the_training_range_and_the_case_confidence():
+    seg = np.zeros((6, 6, 6), np.uint8)
+    seg[1:3, 1:5, 1:5] = 1
+    seg[3:5, 1:5, 1:5] = 2
+    image = np.where(seg == 1, 100.0, 0.0)
+    image[3:5, 1:5, 1:3] = 900.0  # half of label 2 far brighter than any training label
+    properties = {"percentile_00_5": -50.0, "percentile_99_5": 300.0, "mean": 80.0}
+    tally = Tally([150, 32, 32], [148.0, 31.5, 20.0], [0, 0, 12])
+    out = quality(seg, tally, {0: [0], 1: [1], 2: [2]}, {0: "background", 1: "bright", 2: "mixed"}, image, properties)
+    assert out["bright"]["outside_intensity_fraction"] == 0.0 and out["mixed"]["outside_intensity_fraction"] == 0.5
+    assert "intensities unlike training" in out["mixed"]["flag"]
+    assert out["bright"]["case_confidence"] == out["mixed"]["case_confidence"] == pytest.approx(51.5 / 64)
+    assert "low confidence over the case" in out["bright"]["flag"]
+    unknown = quality(seg, tally, {1: [1], 2: [2]}, {1: "bright", 2: "mixed"}, image, {"mean": 1.0})
+    assert np.isnan(unknown["mixed"]["outside_intensity_fraction"])  # no range in the plans: not measured
