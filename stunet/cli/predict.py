@@ -21,7 +21,8 @@ single-channel models plain files (case.nii.gz); or DICOM: a folder holding one 
 or a .zip. Outputs: OUT/case with the input's ending (.nii.gz for DICOM; label names in NIfTI headers),
 OUT/labels.json (label index -> name),
 OUT/provenance.json; with --statistics OUT/case.statistics.json and OUT/statistics.csv, with --preview OUT/case.png,
-with --output-type dicom_seg (or both) OUT/case.seg.dcm, with dicom_rtstruct OUT/case.rtstruct.dcm.
+with --output-type dicom_seg (or both) OUT/case.seg.dcm, with dicom_rtstruct OUT/case.rtstruct.dcm, with masks
+OUT/case/NAME.nii.gz (one 0/1 mask per label, as TotalSegmentator writes them).
 
 examples:
   stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104       # weights downloaded on first use
@@ -31,6 +32,7 @@ examples:
   stunet-predict -i imagesTs/ -o out/ -m $nnUNet_results/Dataset004_Liver/STUNetTrainer_base_ft__nnUNetPlans__3d_fullres -f 0 1
   stunet-predict -i dicom_series/ -o segs/ --pretrained stunet_base.totalseg104 --output-type both --statistics
   stunet-predict -i dicom_series/ -o segs/ --pretrained stunet_base.totalseg104 --output-type nifti,dicom_rtstruct
+  stunet-predict -i cts/ -o segs/ --pretrained stunet_base.totalseg104 --output-type masks --labels liver,spleen
   stunet-predict -i cts/ -o segs/ -m MODEL --num-parts 4 --part-id 0      # one of four machines
   torchrun --nproc_per_node=4 $(which stunet-predict) -i cts/ -o segs/ -m MODEL   # parts and GPUs from torchrun
   (sbatch --array=0-9) stunet-predict -i cts/ -o segs/ -m MODEL    # part from SLURM; see docs/scaling.md"""
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--qc", action="store_true",
                      help="quality control per label (confidence, uncertain_fraction, components, "
                           "largest_component_fraction, flag) in the statistics; implies --statistics "
+                          "masks: a folder case/ of one 0/1 mask per label (liver.nii.gz, ..., empty ones too); "
                           "(see docs/evaluation.md)")
     out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
     out.add_argument("--num-parts", type=int, help="split the cases into this many parts ... (default: from "

@@ -35,7 +35,8 @@ from stunet.prediction.discovery import ENDINGS, Case, check_output_folder, find
 from stunet.prediction.outputs import record_cases, rtstruct_algorithm, statistics_csv, write_case
 from stunet.prediction.parts import Part, choose_part
 
-OUTPUT_TYPES = ("nifti", "dicom_seg", "dicom_rtstruct")  # and "both": nifti and dicom_seg
+OUTPUT_TYPES = ("nifti", "dicom_seg", "dicom_rtstruct", "masks")  # and "both": nifti and dicom_seg
+DICOM_OUTPUTS = frozenset({"dicom_seg", "dicom_rtstruct"})  # they reference the source series
 
 
 class ArgumentConflict(ValueError):
@@ -190,7 +191,7 @@ def check_folder(source: str | Path, output: str | Path, output_type: str = "nif
     if out_dir.resolve() == (source.parent if single_file else source).resolve():
         raise ArgumentConflict(f"the output folder {out_dir} is the input folder; write the segmentations elsewhere")
     dicom_cases = _dicom_cases(source)
-    if outputs != {"nifti"} and not dicom_cases:
+    if outputs & DICOM_OUTPUTS and not dicom_cases:
         raise ArgumentConflict(f"--output-type {output_type} needs DICOM input (a series folder, a folder of series "
                                f"folders or a .zip); {source} holds none")
     if series_uid and not dicom_cases:
@@ -226,11 +227,11 @@ def _check_labels_file(path: Path, labels: dict, overwrite: bool) -> None:
                         f"to predict every case again")
 
 
-def _finished(target: Path, overwrite: bool, started: float) -> bool:
-    """Whether ``target`` needs no prediction: it exists and, with ``overwrite``, was written since the run began
-    (by another process sharing the folder)."""
+def _finished(targets: Iterable[Path], overwrite: bool, started: float) -> bool:
+    """Whether a case whose outputs are complete once ``targets`` exist needs no prediction: they all exist and, with
+    ``overwrite``, were written since the run began (by another process sharing the folder)."""
     try:
-        written = target.stat().st_mtime
+        written = min(target.stat().st_mtime for target in targets)
     except FileNotFoundError:
         return False
     return not overwrite or written >= started
@@ -270,7 +271,7 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
     inputs = {p.resolve() for c in cases for p in c.files}
     writer = model.plans_manager.image_reader_writer_class()
     wanted = output_types(output_type)
-    nifti, seg_out, rtstruct_out = (kind in wanted for kind in OUTPUT_TYPES)
+    nifti, seg_out, rtstruct_out, masks = (kind in wanted for kind in OUTPUT_TYPES)
     algorithm = rtstruct_algorithm(header) if rtstruct_out else None
     claims = Claims(partial.parent)  # one process per output at a time (claims.py)
 
@@ -286,14 +287,16 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
     try:
         for case in reporter.begin(description, cases):
             seg_target, rtstruct_target = out_dir / f"{case.name}.seg.dcm", out_dir / f"{case.name}.rtstruct.dcm"
-            # the file written last: its existence means the case is complete
+            masks_target = out_dir / case.name if masks else None
+            # the output written last: its existence means the case is complete
             target = (folder.output if folder.file_output else out_dir / f"{case.name}{case.ending}") if nifti \
-                else rtstruct_target if rtstruct_out else seg_target
+                else masks_target if masks else rtstruct_target if rtstruct_out else seg_target
             if target.resolve() in inputs:
                 fail(case.name, f"{case.files[0]}: the output {target} would overwrite an input; write to another "
                                 f"folder")
                 continue
-            if _finished(target, overwrite, started):
+            ends = {target, masks_target} - {None}  # the outputs that exist only once the case is complete
+            if _finished(ends, overwrite, started):
                 run.skipped.append(case.name)
                 continue
             try:
@@ -301,7 +304,7 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
             except CaseError as e:  # a folder or a link where the claim belongs: this case fails, the run goes on
                 fail(case.name, e)
                 continue
-            if not claimed or _finished(target, overwrite, started):  # another process predicts it, or did
+            if not claimed or _finished(ends, overwrite, started):  # another process predicts it, or did
                 (run.busy if not claimed else run.skipped).append(case.name)
                 continue
             case_start = time.perf_counter()
@@ -320,7 +323,8 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
                         continue
                     write_case(result, segmenter, writer, target, names, partial, statistics=statistics,
                                preview=preview, nifti=nifti, seg_target=seg_target if seg_out else None,
-                               rtstruct_target=rtstruct_target if rtstruct_out else None, algorithm=algorithm)
+                               rtstruct_target=rtstruct_target if rtstruct_out else None, algorithm=algorithm,
+                               masks_target=masks_target)
             except CaseError as e:
                 fail(case.name, e)
                 continue
@@ -356,8 +360,8 @@ def predict_folder(segmenter, input: str | Path, output: str | Path, *, overwrit
     ``overwrite`` predicts cases whose output exists (else they are skipped); ``statistics`` writes
     case.statistics.json and statistics.csv, ``qc`` adds the quality fields (and implies ``statistics``),
     ``preview`` case.png, ``probabilities`` case.npz; ``output_type`` is ``"nifti"``, ``"dicom_seg"``,
-    ``"dicom_rtstruct"`` or several of them comma-separated (``"both"``: ``"nifti,dicom_seg"``; all but nifti need
-    DICOM input), ``series_uid`` picks the series of a DICOM folder holding several. ``part``: a
+    ``"dicom_rtstruct"``, ``"masks"`` (a folder ``output/case/`` of one 0/1 mask per label, :mod:`.masks`) or several
+    of them comma-separated (``"both"``: ``"nifti,dicom_seg"``; the DICOM ones need DICOM input), ``series_uid`` picks the series of a DICOM folder holding several. ``part``: a
     :class:`~stunet.prediction.parts.Part` or ``(index, count)`` to predict cases ``index, index+count, ...``; None
     takes the part torchrun or SLURM gives this process, if any (``(0, 1)`` predicts all). ``progress`` shows
     progress bars and a line per case on stderr (``reporter`` replaces them). Raises what :func:`check_folder` and

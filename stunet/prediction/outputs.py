@@ -1,10 +1,12 @@
 """What a folder run writes for each case (:func:`write_case`: the segmentation and, beside it, statistics, previews,
-probabilities, DICOM-SEG, RT Structure Set), and for the folder: ``statistics.csv`` and ``provenance.json``.
+probabilities, DICOM-SEG, RT Structure Set, a mask per label), and for the folder: ``statistics.csv`` and
+``provenance.json``.
 
-Every file goes through :func:`stunet.atomic.atomic_write`. Label names travel with every output: ``labels.json``,
-the NIfTI header's ``descrip`` field (``stunet labels 1=liver;2=spleen...``, cut at 80 bytes) and a NIfTI header
-extension (code 6, "comment") holding the whole ``labels.json``, the SEG's segment labels, the RT Structure Set's
-ROI names, the statistics' names and the preview's legend.
+Every file goes through :func:`stunet.atomic.atomic_write`, a case's folder of masks is renamed into place whole.
+Label names travel with every output: ``labels.json``, the NIfTI header's ``descrip`` field (``stunet labels
+1=liver;2=spleen...``, cut at 80 bytes) and a NIfTI header extension (code 6, "comment") holding the whole
+``labels.json``, the SEG's segment labels, the RT Structure Set's ROI names, the statistics' names, the masks' file
+names and the preview's legend.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import SimpleITK as sitk
 from stunet.atomic import atomic_write
 from stunet.digest import file_sha256
 from stunet.errors import CaseError
+from stunet.prediction.masks import write_masks
 from stunet.paths import image_ending, is_utf8
 from stunet.version import __version__
 
@@ -105,12 +108,13 @@ def write_rtstruct_for_series(target: Path, labels: sitk.Image, series, names: d
 
 def write_case(result, segmenter, writer, target: Path, names: dict[int, str], partial: Path, *, statistics: bool,
                preview: bool, nifti: bool, seg_target: Path | None, rtstruct_target: Path | None = None,
-               algorithm=None) -> None:
+               algorithm=None, masks_target: Path | None = None) -> None:
     """Every output of one case (a :class:`~stunet.prediction.case.CaseResult`), each written atomically, beside
-    ``target``, the file that marks the case done, written last: statistics and preview (when the result kept its
+    ``target``, the output that marks the case done, written last: statistics and preview (when the result kept its
     image), probabilities (when it has them), the DICOM-SEG at ``seg_target``, the RT Structure Set at
-    ``rtstruct_target`` (naming ``algorithm``, a :class:`~stunet.clinical.rtstruct.Algorithm`) and, with ``nifti``,
-    the label file in the input's format with the label names in its header."""
+    ``rtstruct_target`` (naming ``algorithm``, a :class:`~stunet.clinical.rtstruct.Algorithm`), the folder of one
+    mask per label at ``masks_target`` (:func:`~stunet.prediction.masks.write_masks`) and, with ``nifti``, the label
+    file in the input's format with the label names in its header."""
     out_dir = target.parent
     seg, properties = result.labels, result.properties
     if rtstruct_target is not None and not seg.any():
@@ -127,6 +131,8 @@ def write_case(result, segmenter, writer, target: Path, names: dict[int, str], p
     if rtstruct_target is not None:
         write_rtstruct_for_series(rtstruct_target, segmenter.to_sitk(seg, properties), result.series, names, partial,
                                   algorithm or rtstruct_algorithm(segmenter.provenance()))
+    if masks_target is not None:
+        write_masks(masks_target, segmenter.to_sitk(seg, properties), names, partial)
     if nifti:
         def write(tmp: Path) -> None:
             # ITK aborts on a name that is not UTF-8: it writes a plain one, renamed afterwards
