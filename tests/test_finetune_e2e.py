@@ -41,7 +41,7 @@ def test_fine_tune_from_released_v1_checkpoint(planned_dataset, released_small):
         "STUNetTrainer_small_ft_smoke__nnUNetPlans__3d_fullres" / "fold_0"
     training_log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "STU-Net: stunet_small, 14.55M parameters, 1 input channel(s), 3 outputs" in training_log
-    assert "precision 'fp16' (default)" in training_log
+    assert "precision 'fp32' (cpu: nnU-Net trains in float32)" in training_log  # what is in force on the CPU
     assert "trainable 'all' (trainer STUNetTrainer_small_ft_smoke)" in training_log
     assert "stunet_options" in (fold / "debug.json").read_text()
     assert trained["seg_outputs.4.weight"].shape[0] == 3  # background, ball, box
@@ -53,8 +53,8 @@ def test_frozen_encoder_stays_equal_to_the_pretrained_weights(planned_dataset, r
     pretrained = load_checkpoint(released_small).state_dict
     log, trained = _train(planned_dataset, "STUNetTrainer_small_ft_frozen_encoder_smoke", "-pretrained_weights",
                           str(released_small), STUNET_PRECISION="bf16")
-    # precision is one setting for every trainer (on the CPU nnU-Net trains in float32 whatever it says)
-    assert "precision 'bf16' (STUNET_PRECISION)" in log
+    # precision is one setting for every trainer; on the CPU nnU-Net trains in float32, and the log says so
+    assert "precision 'fp32' (cpu: nnU-Net trains in float32; STUNET_PRECISION=bf16 applies on CUDA only)" in log
     encoder = [k for k in pretrained if k.startswith("conv_blocks_context.")]
     assert encoder and all(torch.equal(pretrained[k], trained[k]) for k in encoder)
     decoder = [k for k in pretrained if k.startswith("conv_blocks_localization.")]

@@ -43,6 +43,16 @@ PLANS_LABEL_MAP = "stunet_label_map"
 DEFAULT_PRECISION = "fp16"
 
 
+def precision_in_force(device: torch.device) -> tuple[str, str]:
+    """(precision the trainer trains in on ``device``, where it comes from): STUNET_PRECISION or the default on CUDA;
+    fp32 elsewhere, where nnU-Net trains without autocast whatever STUNET_PRECISION says."""
+    asked = stunet_settings.precision()
+    if torch.device(device).type != "cuda":
+        ignored = f"; {stunet_settings.PRECISION}={asked} applies on CUDA only" if asked else ""
+        return "fp32", f"{torch.device(device).type}: nnU-Net trains in float32{ignored}"
+    return (asked, stunet_settings.PRECISION) if asked else (DEFAULT_PRECISION, "default")
+
+
 class STUNetTrainer(nnUNetTrainer):
     """Base of all STU-Net trainers. Alone it trains the STU-Net that STU-Net plans describe, whatever its size."""
 
@@ -79,8 +89,7 @@ class STUNetTrainer(nnUNetTrainer):
         """Each STU-Net option in force and where it comes from (written to the log and debug.json): a setting of
         :mod:`stunet.settings` (named by its variable), the plans, the trainer name or the default."""
         name = type(self).__name__
-        precision = stunet_settings.precision()
-        precision = (precision, stunet_settings.PRECISION) if precision else (DEFAULT_PRECISION, "default")
+        precision = precision_in_force(self.device)
         checkpointing = stunet_settings.activation_checkpointing()
         if checkpointing is not None:
             checkpointing = (checkpointing, stunet_settings.ACTIVATION_CHECKPOINTING)
@@ -212,9 +221,10 @@ class STUNetTrainer(nnUNetTrainer):
         try:
             if self.requires_pretrained and self.pretrained_report is None and self.current_epoch == 0:
                 scratch = f"STUNetTrainer_{PRESETS[self.model_name].size}" if self.model_name else "STUNetTrainer"
-                raise RuntimeError(f"{type(self).__name__} fine-tunes pretrained weights: add -pretrained_weights "
-                                   f"FILE (a released .model, an nnU-Net checkpoint_*.pth, a state_dict or "
-                                   f".safetensors), or train from scratch with {scratch}")
+                raise SystemExit(f"nnUNetv2_train: error: {type(self).__name__} fine-tunes pretrained weights: add "
+                                 f"-pretrained_weights FILE (a released .model, an nnU-Net checkpoint_*.pth, a "
+                                 f"state_dict or .safetensors) or a released model's name, or train from scratch "
+                                 f"with {scratch}")
             super().on_train_start()
         finally:
             close_pretrained_route(self)
@@ -222,7 +232,7 @@ class STUNetTrainer(nnUNetTrainer):
 
 # -- the parts: each trainer of nnunet_plugins/stunet_trainers.py adds one to the trainer it extends --------------
 class FineTune:
-    """fine-tuning: every layer at lr 1e-3 (the published STU-Net setting); needs -pretrained_weights"""
+    """fine-tuning: every layer at lr 1e-3 (the published STU-Net setting)"""
     settings = {"initial_lr": 1e-3}
     requires_pretrained = True
 
@@ -290,6 +300,7 @@ SCHEDULES = (Epochs4000, Quick, Smoke)
 PARTS = REGIMES + (MirroringOnly,) + SCHEDULES
 FROM_SCRATCH = "from scratch (lr 1e-2, SGD with nnU-Net's poly schedule)"
 FULL_SCHEDULE = "1000 epochs of 250 iterations"
+NEEDS_PRETRAINED = "needs -pretrained_weights (a checkpoint file or a released model's name)"
 
 
 def parts_of(trainer: type) -> list[type]:
@@ -306,6 +317,8 @@ def describe_trainer(trainer: type) -> str:
     parts = parts_of(trainer)
     model = trainer.model_name or "the STU-Net of STU-Net plans (any size)"
     lines = [model] + ([] if any(p in REGIMES for p in parts) else [FROM_SCRATCH]) + [p.__doc__ for p in parts]
+    if getattr(trainer, "requires_pretrained", False):
+        lines.insert(2, NEEDS_PRETRAINED)
     if not any(p in SCHEDULES for p in parts):
         lines.append(FULL_SCHEDULE)
     return "; ".join(lines)
