@@ -4,9 +4,7 @@ import sys
 from pathlib import Path
 
 from stunet.errors import CheckpointError
-from stunet.weights.loading import read_weights
-from stunet.cli.errors import cli_entry
-from stunet.nnunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
+from stunet.cli.errors import cli_entry, command_parser
 from stunet.weights.pretrained import list_pretrained
 
 EPILOG = """OUT decides the format:
@@ -31,10 +29,9 @@ def _targets(out: Path) -> list[Path] | None:
     return None
 
 
-@cli_entry("stunet-convert")
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="stunet-convert", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("stunet-convert", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="nnU-Net v1 .model (its .model.pkl beside it), nnU-Net v2 .pth, "
                                                   "state_dict or .safetensors")
     parser.add_argument("output", type=Path)
@@ -43,6 +40,12 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (and its sidecar files)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle IN with full trust (only for files from a trusted source)")
+    return parser
+
+
+@cli_entry("stunet-convert")
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     out = args.output
     targets = _targets(out)
@@ -59,6 +62,9 @@ def main(argv=None) -> None:
     if existing and not args.overwrite:
         parser.exit(2, f"stunet-convert: error: {', '.join(map(str, existing))} exist(s); pass --overwrite to "
                        f"replace {'it' if len(existing) == 1 else 'them'}\n")
+    from stunet.nnunet.convert import write_model_folder, write_nnunet_checkpoint, write_safetensors
+    from stunet.weights.loading import read_weights
+
     try:
         weights = read_weights(args.input, trust=args.trust_checkpoint)
         if out.suffix == ".pth":

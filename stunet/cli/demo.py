@@ -16,13 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-from tqdm import tqdm
-
-from stunet.nnunet.env import with_trainer_folder
-from stunet.nnunet.synthetic import LABELS, dice_per_label, write_dataset
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, command_parser
 
 DATASET_ID = 990
 
@@ -34,6 +28,8 @@ def _command(name: str) -> str:
 
 def _run_step(title: str, command: list[str], env: dict, log: Path, epochs: int | None = None) -> None:
     """Run an nnU-Net command with its output in ``log``; a progress bar over epochs while training."""
+    from tqdm import tqdm
+
     print(f"\n{title}\n  $ {' '.join(command)}\n  (log: {log})")
     start = time.time()
     bar = tqdm(total=epochs, unit="epoch", leave=False) if epochs else None
@@ -53,10 +49,9 @@ def _run_step(title: str, command: list[str], env: dict, log: Path, epochs: int 
     print(f"  done in {time.time() - start:.0f} s")
 
 
-@cli_entry("stunet-demo")
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="stunet-demo", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("stunet-demo", description=__doc__.split("\n\n")[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("stunet_demo"),
                         help="folder for the dataset, nnU-Net's folders, predictions and logs (default ./stunet_demo)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -64,6 +59,18 @@ def main(argv=None) -> None:
     parser.add_argument("--trainer", default="STUNetTrainer_small_quick",
                         help="nnU-Net trainer (default STUNetTrainer_small_quick: 5 epochs of 20 iterations)")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
+    return parser
+
+
+@cli_entry("stunet-demo")
+def main(argv=None) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from stunet.nnunet.env import with_trainer_folder
+    from stunet.nnunet.synthetic import LABELS, dice_per_label, write_dataset
+
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     work = args.workdir.resolve()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry, one_line
+from stunet.cli.errors import cli_entry, command_parser, one_line
 from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
@@ -23,9 +23,9 @@ environment: STUNET_HOME (the cache, default the Hugging Face Hub cache), HF_END
 HF_HUB_OFFLINE=1 (no network: only the cache), STUNET_DOWNLOAD_TIMEOUT (seconds one file may take, default 21600)"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stunet-download", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("stunet-download", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME", help="released models (" + ", ".join(list_pretrained())
                                                             + "), or all")
     p.add_argument("--verify", action="store_true", help="re-hash the cached files instead of downloading")
@@ -60,7 +60,7 @@ def _copy_hint(cache: Path, folders: list[Path]) -> str:
 
 @cli_entry("stunet-download")
 def main(argv=None) -> None:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     from stunet.weights.hub import (WeightsError, cache_dir, cached_path, describe_sources, repo_folder, verify_cached,
                                     weights_path)

@@ -10,11 +10,20 @@ import sys
 from stunet import settings
 from stunet.errors import CaseError, CheckpointError, one_line, printable
 
-__all__ = ["cli_entry", "debugging", "interrupt_ends", "one_line", "printable"]
+__all__ = ["cli_entry", "command_parser", "debugging", "interrupt_ends", "one_line", "printable"]
 
 ENV_DEBUG = settings.DEBUG
 EXPECTED = (CheckpointError, CaseError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
             IsADirectoryError, PermissionError, OSError, MemoryError)
+
+
+def command_parser(prog: str, **kwargs) -> argparse.ArgumentParser:
+    """A command's argument parser (``argparse.ArgumentParser`` with ``kwargs``) whose --help lists ``--debug``, the
+    option :func:`cli_entry` takes off the command line before the command parses it."""
+    parser = argparse.ArgumentParser(prog=prog, **kwargs)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"a failure prints its Python traceback instead of one line (as {ENV_DEBUG}=1 does)")
+    return parser
 
 
 def debugging(argv: list[str] | None = None) -> bool:

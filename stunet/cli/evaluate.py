@@ -14,8 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry, interrupt_ends, printable
-from stunet.evaluation.evaluate import default_processes, evaluate, print_progress
+from stunet.cli.errors import cli_entry, command_parser, interrupt_ends, printable
 from stunet.evaluation.metrics import DEFAULT_METRICS, DEFAULT_NSD_TOLERANCE_MM, METRICS, STEMS, SUITES
 
 EPILOG = f"""metrics (columns of metrics.csv): {', '.join(METRICS)}; or the stems {', '.join(STEMS)}.
@@ -28,9 +27,9 @@ examples:
   stunet-evaluate -ref labelsTs/ -pred segs/ -o eval/ --images imagesTs/"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stunet-evaluate", description=__doc__.split(": ", 1)[1].split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("stunet-evaluate", description=__doc__.split(": ", 1)[1].split("\n\n")[0], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-ref", "--reference", type=Path, required=True,
                    help="reference label images: a folder (labelsTr), or a dataset folder holding labelsTr")
     p.add_argument("-pred", "--prediction", type=Path, required=True,
@@ -51,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, metavar="FOLDER",
                    help="the cases' images (imagesTr: case_0000.nii.gz, or case.nii.gz; or a dataset folder): the "
                         "report draws the worst and the flagged cases' contours over them, else over the masks")
-    p.add_argument("-np", "--num-processes", type=int, default=default_processes(),
-                   help=f"processes comparing labels in parallel (default {default_processes()})")
+    p.add_argument("-np", "--num-processes", type=int,
+                   help="processes comparing labels in parallel (default: the CPU cores, at most 2)")
     p.add_argument("--no-report", action="store_true", help="skip report.html (an earlier one in OUT is removed)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
@@ -61,10 +60,12 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry("stunet-evaluate")
 def main(argv=None) -> None:
     with interrupt_ends("stunet-evaluate"):
-        parser = _parser()
+        parser = build_parser()
         args = parser.parse_args(argv)
-        if args.num_processes < 1:
+        if args.num_processes is not None and args.num_processes < 1:
             parser.error("-np must be 1 or more")
+        from stunet.evaluation.evaluate import evaluate, print_progress
+
         rows = evaluate(args.reference, args.prediction, args.output, metrics=args.metrics,
                         nsd_tolerance=args.nsd_tolerance, suite=args.suite, labels=args.labels,
                         num_processes=args.num_processes, report=not args.no_report,

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry, printable
+from stunet.cli.errors import cli_entry, command_parser, printable
 from stunet.errors import CheckpointError
 
 EPILOG = """examples:
@@ -25,9 +25,9 @@ EPILOG = """examples:
 Writes OUT.onnx and OUT.json (the sidecar; see docs/deployment.md)."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stunet-export", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("stunet-export", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a released model's name, an nnU-Net model folder, or a checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write (OUT.onnx; OUT.json "
                                                                      "beside it)")
@@ -88,7 +88,7 @@ def _description_file(args, model) -> Path | str:
 
 @cli_entry("stunet-export")
 def main(argv=None) -> None:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.output.suffix != ".onnx":
         parser.error(f"{args.output}: the output is an .onnx file")

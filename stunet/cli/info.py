@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from stunet.cli.errors import cli_entry
-from stunet.models.complexity import measure
-from stunet.weights.factory import create_model
+from stunet.cli.errors import cli_entry, command_parser
 from stunet.models.registry import list_models
 
 GIB = 1024 ** 3
 
 
 def _row(name: str, args) -> list[str]:
+    import torch
+
+    from stunet.models.complexity import measure
+    from stunet.weights.factory import create_model
+
     strides = [[2] * len(args.patch_size)] * 5
     with torch.device("meta"):
         config = create_model(name, in_channels=args.in_channels, num_classes=args.num_classes, strides=strides).config
@@ -35,16 +36,14 @@ def _trainers(parser: argparse.ArgumentParser, names: list[str]) -> None:
     if not names:
         print(f"{len(listed)} STU-Net trainers (nnunet_plugins/stunet_trainers.py), each nnU-Net's nnUNetTrainer with "
               f"the STU-Net of the plans\n(STU-Net plans) or of its size (nnU-Net's own plans). Precision is no part "
-              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16; float32 on the CPU). "
-              f"Every fine-tuning trainer (_ft...) needs -pretrained_weights.\n")
+              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16).\n")
     for name in names or listed:
         print(f"{name:<44} {describe_trainer(listed[name])}")
 
 
-@cli_entry("stunet-info")
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="stunet-info", description="Parameters, MACs and estimated training memory of STU-Net models. "
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "stunet-info", description="Parameters, MACs and estimated training memory of STU-Net models. "
         "Nothing is allocated: the models are built on PyTorch's meta device.")
     parser.add_argument("models", nargs="*", default=["all"], help="model names, or 'all' (default); known: "
                         + ", ".join(list_models()))
@@ -59,6 +58,12 @@ def main(argv=None) -> None:
     parser.add_argument("--trainers", action="store_true",
                         help="list the STU-Net trainers nnUNetv2_train -tr takes, with what each changes (or only "
                              "the trainer names given in place of models)")
+    return parser
+
+
+@cli_entry("stunet-info")
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.trainers:
         _trainers(parser, [] if args.models == ["all"] else args.models)

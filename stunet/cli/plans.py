@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry
+from stunet.cli.errors import cli_entry, command_parser
 from stunet.labels import list_label_maps
 from stunet.models.presets import PRESETS
 from stunet.weights.pretrained import get_pretrained_config, list_pretrained
@@ -53,9 +53,9 @@ def _dataset_folder(root: Path, dataset: str) -> Path:
     return found[0]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stunet-plans", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("stunet-plans", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name in nnUNet_raw")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", choices=list(PRESETS), help="the STU-Net size, preprocessing from the dataset")
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_entry("stunet-plans")
 def main(argv=None) -> None:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed") if not os.environ.get(v)]
     if missing:

@@ -9,10 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from stunet.cli.errors import cli_entry, printable
+from stunet import settings
+from stunet.cli.errors import cli_entry, command_parser, printable
 from stunet.errors import CaseError, CheckpointError
 from stunet.labels import list_label_maps
-from stunet.prediction.budget import ENV_MAX_VOXELS
 from stunet.prediction.parts import choose_part
 from stunet.weights.pretrained import list_pretrained
 
@@ -38,9 +38,9 @@ examples:
   (sbatch --array=0-9) stunet-predict -i cts/ -o segs/ -m MODEL    # part from SLURM; see docs/scaling.md"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stunet-predict", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("stunet-predict", description=__doc__.split(": ", 1)[1], epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", type=Path, required=True,
                    help="input folder, one image file, a DICOM series folder, a folder of series folders or a .zip")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (or file, for one input file)")
@@ -63,18 +63,18 @@ def _parser() -> argparse.ArgumentParser:
                           "--backend onnxruntime/openvino; docs/deployment.md)")
     run.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
                      help="what runs the network: torch (default), or the network exported to ONNX (once, cached "
-                          "beside the weights) and run on the CPU by ONNX Runtime or OpenVINO (pip install "
-                          "\"stunet[deploy]\"); an ONNX file given with -m runs on onnxruntime unless openvino is "
-                          "asked for")
+                          "beside the weights) and run on the CPU by ONNX Runtime or OpenVINO (the deploy extra: "
+                          "pip install \".[deploy]\" in the checkout); an ONNX file given with -m runs on onnxruntime "
+                          "unless openvino is asked for")
     run.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
     run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
                                                          "accurate")
     run.add_argument("--max-voxels", type=float, metavar="N",
-                     help=f"voxel budget of an image at the model's spacing (default 2e8, or ${ENV_MAX_VOXELS}); "
+                     help=f"voxel budget of an image at the model's spacing (default 2e8, or ${settings.MAX_VOXELS}); "
                           f"larger images are skipped with a message, and so are images whose estimated memory "
                           f"exceeds what the machine has available, unless a budget is set here or in "
-                          f"${ENV_MAX_VOXELS}")
+                          f"${settings.MAX_VOXELS}")
     out = p.add_argument_group("outputs")
     out.add_argument("--label-map", help="map the model's classes onto another label system: a shipped map ("
                                          + ", ".join(list_label_maps()) + ") or a JSON file")
@@ -120,7 +120,7 @@ def _segmenter(args, parser):
 
 @cli_entry("stunet-predict")
 def main(argv=None) -> None:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.fast:
         args.disable_tta, args.step_size = True, 1.0

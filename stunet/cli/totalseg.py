@@ -14,9 +14,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tqdm import tqdm
-
-from stunet.cli.errors import cli_entry, one_line, printable
+from stunet.cli.errors import cli_entry, command_parser, one_line, printable
 from stunet.nnunet.totalseg import (OVERLAP_RULE, check_dataset_target, convert_subject, label_order, plan_conversion,
                                     write_dataset_files, write_marker)
 
@@ -116,10 +114,9 @@ def _alive(pid: str) -> bool:
     return True
 
 
-@cli_entry("stunet-totalseg")
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="stunet-totalseg", description=__doc__.split(": ", 1)[1] + ". " +
-                                     OVERLAP_RULE.capitalize() + "; structures without a mask become background.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("stunet-totalseg", description=__doc__.split(": ", 1)[1] + ". " +
+                            OVERLAP_RULE.capitalize() + "; structures without a mask become background.")
     parser.add_argument("source", type=Path, help="folder of <subject>/ct.nii.gz + segmentations/, and meta.csv")
     parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id, e.g. 601")
     parser.add_argument("--name", default="TotalSegmentator", help="dataset name (Dataset<id>_<name>)")
@@ -131,6 +128,14 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="convert subjects already converted again, and write into a dataset folder that another "
                              "conversion (other source or label order) made")
+    return parser
+
+
+@cli_entry("stunet-totalseg")
+def main(argv=None) -> None:
+    from tqdm import tqdm
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.raw is None:
         parser.error("set nnUNet_raw or pass --raw")

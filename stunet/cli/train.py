@@ -33,7 +33,8 @@ import socket
 import sys
 import warnings
 from dataclasses import dataclass
-from stunet.cli.errors import cli_entry
+
+from stunet.cli.errors import cli_entry, command_parser
 
 #: printed by each rank; tests and users compare it across ranks and with ``weights_digest`` of a checkpoint
 DIGEST_LINE = "stunet-train: rank {rank}/{world} (host {host}, local rank {local}) weights sha256 {digest}"
@@ -61,9 +62,9 @@ def launch_from_environment(environ=os.environ) -> Launch | None:
                   int(environ.get("LOCAL_WORLD_SIZE", world)))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="stunet-train", formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "stunet-train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="nnUNetv2_train, also under torchrun across processes and machines (docs/scaling.md).",
         epilog="examples:\n"
                "  stunet-train 4 3d_fullres 0 -tr STUNetTrainer_large      # one process: exactly nnUNetv2_train\n"
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry("stunet-train")
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     launch = launch_from_environment()
     if launch is None:
         from nnunetv2.run.run_training import run_training_entry

@@ -6,6 +6,10 @@ from math import prod
 from typing import Sequence, Union
 
 IntOrSeq = Union[int, Sequence[int]]
+#: the parameters of every STU-Net that read the input channels, and the prefix of its segmentation heads (the
+#: classifier)
+FIRST_LAYER = ("conv_blocks_context.0.0.conv1.weight", "conv_blocks_context.0.0.conv3.weight")
+CLASSIFIER = "seg_outputs."
 
 
 def _as_tuple(value: IntOrSeq, ndim: int, what: str) -> tuple[int, ...]:

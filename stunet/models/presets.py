@@ -7,11 +7,13 @@ dimensionality can be built from a preset.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 from stunet.models.config import IntOrSeq
-from stunet.models.network import STUNet
 from stunet.models.registry import list_models, model_info, register_model
+
+if TYPE_CHECKING:
+    from stunet.models.network import STUNet
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
 MAX_WIDTH_FACTOR = 16
@@ -55,6 +57,8 @@ def build_stunet(depth: int, base_width: int, *, in_channels: int = 1, num_class
 
     Explicit ``depths``/``widths`` lists replace the preset's; the multipliers then scale them (rounded, at least 1).
     """
+    from stunet.models.network import STUNet  # PyTorch: listing the presets does not load it
+
     n_stages = len(strides) + 1
     depths = list(depths) if depths is not None else [depth] * n_stages
     widths = list(widths) if widths is not None else preset_widths(base_width, n_stages)

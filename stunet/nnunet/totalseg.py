@@ -26,9 +26,6 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
-
 from stunet.atomic import atomic_write, partial_folder
 from stunet.paths import is_utf8, itk_readable
 from stunet.weights.pretrained import get_pretrained_config
@@ -81,6 +78,9 @@ def convert_subject(subject: Path, labels: dict[int, str], image_out: Path, labe
 
 def _convert_subject(subject: Path, labels: dict[int, str], image_out: Path, label_out: Path,
                      links: Path) -> list[str]:
+    import numpy as np
+    import SimpleITK as sitk  # here, in the worker: the command's parser and --help do not load ITK
+
     ct_path = subject / "ct.nii.gz"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(itk_readable(ct_path, links)))

@@ -25,9 +25,8 @@ from pathlib import Path
 
 from stunet import settings
 from stunet.errors import CheckpointError
-from stunet.models.config import STUNetConfig
+from stunet.models.config import CLASSIFIER, FIRST_LAYER, STUNetConfig
 from stunet.models.registry import list_models, model_builder
-from stunet.weights.transfer import CLASSIFIER, FIRST_LAYER
 
 
 @dataclass(frozen=True)

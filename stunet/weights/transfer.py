@@ -17,12 +17,10 @@ from typing import Mapping
 import torch
 
 from stunet.labels import match_labels
+from stunet.models.config import CLASSIFIER, FIRST_LAYER
 from stunet.models.network import STUNet
 from stunet.models.presets import preset_of
 
-#: the tensors that read the input channels, and the prefix of the segmentation heads (the classifier)
-FIRST_LAYER = ("conv_blocks_context.0.0.conv1.weight", "conv_blocks_context.0.0.conv3.weight")
-CLASSIFIER = "seg_outputs."
 _BLOCK = re.compile(r"conv_blocks_context\.(\d+)\.(\d+)\.conv1\.weight")
 
 
