@@ -64,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry("stunet-demo")
 def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import numpy as np
     import SimpleITK as sitk
 
     from stunet.nnunet.env import with_trainer_folder
     from stunet.nnunet.synthetic import LABELS, dice_per_label, write_dataset
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
 
     work = args.workdir.resolve()
     if work.exists() and any(work.iterdir()):
