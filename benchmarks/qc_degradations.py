@@ -12,7 +12,7 @@ Degradations, each of the case's image array (z, y, x), its header kept:
   makes this invisible to it);
 - ``transposed``: the z and x axes swapped, the spacing left as it was (a wrong orientation).
 
-Usage: ``python benchmarks/qc_degradations.py MODEL_FOLDER [--cases 12] [--markdown OUT.md]``; MODEL_FOLDER is a
+Usage: ``python benchmarks/qc_degradations.py MODEL_FOLDER [--cases 12] [--tta] [--markdown OUT.md]``; MODEL_FOLDER is a
 trained nnU-Net model folder of the synthetic dataset, e.g. the one ``stunet-demo`` trains
 (``WORKDIR/nnUNet_results/Dataset990_STUNetSynthetic/STUNetTrainer_small_quick__nnUNetPlans__3d_fullres``).
 """
@@ -54,12 +54,13 @@ def as_image(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     return image
 
 
-def measure(model: Path, cases: int, seed: int = 1) -> dict[str, list[dict]]:
-    """Variant ("clean" and each degradation) -> per case the QC entries of its labels (name -> fields)."""
+def measure(model: Path, cases: int, seed: int = 1, mirroring: bool = False) -> dict[str, list[dict]]:
+    """Variant ("clean" and each degradation) -> per case the QC entries of its labels (name -> fields); without
+    ``mirroring`` (as ``stunet-predict --disable-tta``), to keep the run to minutes on a CPU."""
     from stunet.nnunet.synthetic import write_dataset
     from stunet.prediction.segmenter import Segmenter
 
-    segmenter = Segmenter(model_folder=model, device="cpu")
+    segmenter = Segmenter(model_folder=model, device="cpu", mirroring=mirroring)
     rng = np.random.default_rng(seed)
     results: dict[str, list[dict]] = {v: [] for v in ("clean", *DEGRADATIONS)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,9 +105,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="a trained model folder of the synthetic dataset")
     parser.add_argument("--cases", type=int, default=12, help="clean cases (default 12)")
+    parser.add_argument("--tta", action="store_true", help="mirroring on (8 times the work)")
     parser.add_argument("--markdown", type=Path, help="also write the table there")
     args = parser.parse_args(argv)
-    text = table(measure(args.model, args.cases))
+    text = table(measure(args.model, args.cases, mirroring=args.tta))
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -131,3 +131,26 @@ def test_intensities_outside_the_training_range_and_the_case_confidence():
     assert "low confidence over the case" in out["bright"]["flag"]
     unknown = quality(seg, tally, {1: [1], 2: [2]}, {1: "bright", 2: "mixed"}, image, {"mean": 1.0})
     assert np.isnan(unknown["mixed"]["outside_intensity_fraction"])  # no range in the plans: not measured
+
+
+@pytest.mark.slow
+def test_the_rules_notice_documented_degradations(tmp_path_factory):
+    """With the model stunet-demo trains (minutes on a CPU), benchmarks/qc_degradations.py's five degradations of
+    fresh synthetic cases: flagged in at least 4 of 5 on average, clean cases at most 1 in 10 (4 cases here; the
+    measured table with more is in docs/evaluation.md)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work = tmp_path_factory.mktemp("qc") / "demo"
+    done = subprocess.run([str(Path(sys.executable).parent / "stunet-demo"), "--workdir", str(work), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = next((work / "nnUNet_results").glob("*/STUNetTrainer_small_quick__nnUNetPlans__3d_fullres"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from qc_degradations import DEGRADATIONS, measure
+
+    results = measure(model, cases=4)
+    flagged = {variant: [any(e["flag"] for e in case.values()) for case in cases] for variant, cases in results.items()}
+    assert sum(flagged["clean"]) <= 0.1 * len(flagged["clean"]) + 0.5, results["clean"]
+    assert np.mean([sum(flagged[v][i] for v in DEGRADATIONS) for i in range(4)]) >= 4, flagged
