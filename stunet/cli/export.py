@@ -4,7 +4,7 @@ JSON that says how to use it without stunet (patch, spacing, normalisation, labe
 MODEL is a released model's name (weights from the cache, or --checkpoint FILE), an nnU-Net v2 model folder (-f FOLD),
 or a checkpoint file (fold_N/checkpoint_*.pth of a model folder, or a released model's file). The graph is checked
 before it is written: ONNX's checker, and one run against PyTorch on a random patch (refused beyond the tolerance of
-docs/deployment.md). Needs the deploy extra: pip install "stunet[deploy]".
+docs/deployment.md). Needs the deploy extra (onnx, onnxruntime, openvino; docs/deployment.md).
 """
 from __future__ import annotations
 
