@@ -22,3 +22,14 @@ def one_line(text: str, limit: int = 2000) -> str:
     break in a file name cannot forge a line of the log."""
     joined = "; ".join(printable(line.strip()) for line in str(text).splitlines() if line.strip())
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
+
+
+def rounded(value: float, digits: int = 6) -> float:
+    """``value`` at ``digits`` significant digits, as people write it: float32 noise gone (``0.8999999761581421``
+    -> ``0.9``); printed, written to CSV and JSON alike."""
+    return float(f"{float(value):.{digits}g}")
+
+
+def numbers(values) -> str:
+    """A tuple of numbers printed :func:`rounded`: ``(0.9, 0.9, 2.0)``."""
+    return "(" + ", ".join(repr(rounded(v)) for v in values) + ")"

@@ -121,3 +121,15 @@ def label_names_of(dataset_json: Mapping, source: str = "dataset.json") -> dict[
     values = label_values_of(dataset_json, source)
     regions = {str(name) for name, value in dataset_json["labels"].items() if isinstance(value, (list, tuple))}
     return {indices[0]: name for name, indices in values.items() if name != IGNORE and name not in regions}
+
+
+def check_label_map(label_map: str, dataset_json: dict) -> None:
+    """Raise ValueError, one line, when ``label_map`` (a shipped map's name or a JSON file) names none of the dataset's
+    labels: it was written for another label system, and would transfer no pretrained class."""
+    spec = load_label_map(label_map)
+    mapped = [entry["name"] for entry in spec["labels"].values()]
+    dataset = [name for index, name in sorted(label_names_of(dataset_json).items()) if index != 0]
+    if dataset and not {canonical(n) for n in dataset} & {canonical(n) for n in mapped}:
+        raise ValueError(f"--label-map {label_map}: its labels ({', '.join(mapped)}) are none of the dataset's "
+                         f"({', '.join(dataset)}); give the map of this dataset's labels, or none (labels are then "
+                         f"matched to the pretrained classes by name)")

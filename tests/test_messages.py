@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from stunet.nnunet.trainer import STUNetTrainer, precision_in_force
@@ -54,3 +55,94 @@ def test_a_fine_tuning_trainer_without_weights_stops_in_one_line():
     assert message.startswith("nnUNetv2_train: error: STUNetTrainer_small_ft_heads_without_weights fine-tunes "
                               "pretrained weights: add -pretrained_weights FILE") and "\n" not in message
     assert "STUNetTrainer_small" in message  # the from-scratch trainer of that size
+
+
+# -- one axis order, no float32 noise --------------------------------------------------------------------------------
+def test_the_budget_says_every_size_and_spacing_in_the_header_order():
+    """The model's spacing (nnU-Net's z, y, x, transposed) is said in the header's x, y, z order like the image's, and
+    without float32 noise."""
+    from stunet.errors import CaseError
+    from stunet.prediction.budget import VoxelBudget
+    target = np.array([2.0, 0.9, 0.9], dtype=np.float32).tolist()  # z, y, x as nnU-Net's plans hold it
+    budget = VoxelBudget(target, [0, 1, 2], limit=1000)
+    with pytest.raises(CaseError) as error:
+        budget.check(Path("ct.nii.gz"), (90, 90, 10), (0.9, 0.9, 2.0))
+    message = str(error.value)
+    assert "spacing (0.9, 0.9, 2.0) mm its 90 x 90 x 10 voxels of (0.9, 0.9, 2.0) mm become 90 x 90 x 10" in message
+    assert "x, y, z as in the image header" in message and "99999" not in message
+    transposed = VoxelBudget([0.9, 2.0, 0.8], [1, 0, 2], limit=1000)  # nnU-Net's axes (y, z, x)
+    assert transposed.xyz(transposed.target_spacing) == [0.8, 0.9, 2.0]
+    with pytest.raises(CaseError, match=r"spacing \(0.8, 0.9, 2.0\) mm its 80 x 90 x 10 voxels .* become "
+                                        r"80 x 90 x 10 = "):
+        transposed.check(Path("ct.nii.gz"), (80, 90, 10), (0.8, 0.9, 2.0))
+
+
+def test_rounded_numbers():
+    from stunet.errors import numbers, rounded
+    assert rounded(np.float32(0.9)) == 0.9 and numbers(np.array([2.0, 0.9, 0.9], np.float32)) == "(2.0, 0.9, 0.9)"
+    assert numbers([1234567.0, 1e-7]) == "(1234570.0, 1e-07)"
+
+
+def _planned(tmp_path, monkeypatch, labels: dict, spacing: list, label_map=None) -> dict:
+    """What STUNetPlanner_small writes for a stand-in fingerprint (no images read)."""
+    import json
+    from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+    from stunet.nnunet.planner import PLANNERS
+
+    name = "Dataset993_Messages"
+    raw, preprocessed = tmp_path / "raw", tmp_path / "preprocessed"
+    (raw / name / "imagesTr").mkdir(parents=True)
+    (raw / name / "labelsTr").mkdir(parents=True)
+    for folder, ending in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):  # nnU-Net's reader choice
+        sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkUInt8), str(raw / name / folder / f"case_000{ending}"))
+    (preprocessed / name).mkdir(parents=True)
+    (raw / name / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
+                                                         "numTraining": 3, "file_ending": ".nii.gz"}))
+    fingerprint = {"spacings": [spacing] * 3, "shapes_after_crop": [[60, 200, 180]] * 3,
+                   "median_relative_size_after_cropping": 1.0,
+                   "foreground_intensity_properties_per_channel": {"0": {
+                       "mean": 1.0, "median": 1.0, "std": 2.0, "min": -5.0, "max": 5.0, "percentile_00_5": -4.0,
+                       "percentile_99_5": 4.0}}}
+    (preprocessed / name / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    monkeypatch.setattr(default_experiment_planner, "nnUNet_raw", str(raw))
+    monkeypatch.setattr(default_experiment_planner, "nnUNet_preprocessed", str(preprocessed))
+    planner = PLANNERS["stunet_small"](name, gpu_memory_target_in_gb=8, label_map=label_map)
+    planner.plan_experiment()
+    return json.loads((preprocessed / name / f"{planner.plans_identifier}.json").read_text())
+
+
+def test_plans_hold_spacings_as_people_write_them(tmp_path, monkeypatch):
+    noisy = float(np.float32(0.9))  # 0.8999999761581421
+    plans = _planned(tmp_path, monkeypatch, {"background": 0, "liver": 1}, [2.0, noisy, noisy])
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [2.0, 0.9, 0.9]
+    assert plans["original_median_spacing_after_transp"] == [2.0, 0.9, 0.9]
+
+
+def test_a_label_map_of_other_labels_is_refused(tmp_path, monkeypatch):
+    """kidneys_merged names 'kidney'; a dataset of a ball and a box has neither: refused in one line naming both."""
+    with pytest.raises(ValueError) as error:
+        _planned(tmp_path, monkeypatch, {"background": 0, "ball": 1, "box": 2}, [1.5, 1.5, 1.5], "kidneys_merged")
+    message = str(error.value)
+    assert message.startswith("--label-map kidneys_merged: its labels (kidney) are none of the dataset's (ball, "
+                              "box)") and "\n" not in message
+    plans = _planned(tmp_path / "kidney", monkeypatch, {"background": 0, "kidney": 1}, [1.5, 1.5, 1.5],
+                     "kidneys_merged")
+    assert plans["configurations"]["3d_fullres"]["stunet_label_map"] == "kidneys_merged"
+
+
+def test_stunet_plans_refuses_a_label_map_of_other_labels_before_the_fingerprint(tmp_path, monkeypatch, capsys):
+    import json
+    from stunet.cli.plans import main
+    (tmp_path / "raw" / "Dataset994_Shapes").mkdir(parents=True)
+    (tmp_path / "raw" / "Dataset994_Shapes" / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "ball": 1, "box": 2}, "numTraining": 0,
+         "file_ending": ".nii.gz"}))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    with pytest.raises(SystemExit) as stop:
+        main(["-d", "994", "--model", "stunet_small", "--label-map", "kidneys_merged"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("stunet-plans: error: --label-map kidneys_merged: its labels (kidney) are none of the "
+                          "dataset's (ball, box)")
+    assert not (tmp_path / "preprocessed").exists()  # stopped before nnU-Net's fingerprint

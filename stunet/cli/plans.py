@@ -10,6 +10,7 @@ memory model of ``stunet-info``. See stunet.nnunet.planner.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 
 from stunet.cli.errors import cli_entry, command_parser
-from stunet.labels import list_label_maps
+from stunet.errors import one_line
+from stunet.labels import check_label_map, list_label_maps
 from stunet.models.presets import PRESETS
 from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
@@ -116,6 +118,11 @@ def main(argv=None) -> None:
     raw = _dataset_folder(Path(os.environ["nnUNet_raw"]), args.dataset)
     dataset_id = str(int(raw.name[len("Dataset"):len("Dataset") + 3]))
     preprocessed = Path(os.environ["nnUNet_preprocessed"]) / raw.name
+    if args.label_map:  # before the fingerprint: a map of another label system stops now
+        try:
+            check_label_map(args.label_map, json.loads((raw / "dataset.json").read_text()))
+        except (OSError, ValueError) as e:
+            parser.exit(2, f"stunet-plans: error: {one_line(e)}\n")
     if not (preprocessed / "dataset_fingerprint.json").exists():
         _nnunet(["nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", str(args.num_processes)])
 

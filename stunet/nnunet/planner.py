@@ -32,6 +32,8 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 from nnunetv2.preprocessing.resampling.utils import recursive_find_resampling_fn_by_name
 
+from stunet.errors import rounded
+from stunet.labels import check_label_map
 from stunet.models.complexity import measure
 from stunet.nnunet.network import architecture_for_plans, strides_for_plans
 from stunet.nnunet.plans import ReleasedPreprocessing, released_preprocessing
@@ -71,6 +73,8 @@ class STUNetPlanner(ExperimentPlanner):
         self.activation_checkpointing = activation_checkpointing
         self.fixed_patch_size = list(patch_size) if patch_size else (
             list(pretrained.preprocessing["patch_size"]) if pretrained else None)
+        if label_map:
+            check_label_map(label_map, self.dataset_json)
         self.label_map = label_map
         self.fixed_batch_size = batch_size
         if pretrained is not None:
@@ -121,7 +125,14 @@ class STUNetPlanner(ExperimentPlanner):
 
     def save_plans(self, plans):
         """nnU-Net's, with the release's CT intensity statistics (where it has them) in place of the dataset's: CT
-        normalization then clips and scales the dataset as it did the pretraining data."""
+        normalization then clips and scales the dataset as it did the pretraining data. Spacings are written
+        :func:`~stunet.errors.rounded` (``0.9``, not float32's ``0.8999999761581421``)."""
+        for configuration in plans["configurations"].values():
+            if "spacing" in configuration:
+                configuration["spacing"] = [rounded(s) for s in configuration["spacing"]]
+        if "original_median_spacing_after_transp" in plans:
+            plans["original_median_spacing_after_transp"] = [
+                rounded(s) for s in plans["original_median_spacing_after_transp"]]
         if self.pretrained is not None:
             released = self.released().plans
             if "foreground_intensity_properties_per_channel" in released:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stunet import settings
-from stunet.errors import CaseError
+from stunet.errors import CaseError, numbers
 from stunet.models.memory import GIB, PredictionMemory, available_memory
 from stunet.prediction.resample import resampled_spacing
 
@@ -55,6 +55,15 @@ class VoxelBudget:
         target = resampled_spacing(self.target_spacing, spacing)
         return [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target)]
 
+    def xyz(self, values: Sequence) -> list:
+        """Values in nnU-Net's axis order (z, y, x after ``transpose``) in the image header's order: x, y, z."""
+        zyx = list(values)
+        if self.transpose:
+            zyx = [None] * len(values)
+            for position, axis in enumerate(self.transpose):
+                zyx[axis] = values[position]
+        return zyx[::-1]
+
     def check(self, path: Path, size_xyz: Sequence[int], spacing_xyz: Sequence[float]) -> None:
         stored = math.prod(size_xyz)
         if stored > max(INPUT_VOXELS, self.limit):
@@ -66,25 +75,25 @@ class VoxelBudget:
         shape = self.resampled_shape(size_xyz, spacing_xyz)
         voxels = math.prod(shape)
         padded = self.memory.padded(shape) if self.memory is not None else shape
+        size, target = " x ".join(map(str, size_xyz)), numbers(self.xyz(self.target_spacing))
+        resampled, padded_xyz = " x ".join(map(str, self.xyz(shape))), " x ".join(map(str, self.xyz(padded)))
         if voxels <= self.limit < math.prod(padded):  # a thin image pads to whole tiles
-            raise CaseError(f"{path}: at the model's spacing {tuple(self.target_spacing)} mm its "
-                            f"{' x '.join(map(str, size_xyz))} voxels become {' x '.join(map(str, shape))}, padded "
-                            f"to the patch size {' x '.join(map(str, padded))} = {math.prod(padded):,} voxels, over "
-                            f"the budget of {self.limit:,} (a thin or tiny image: check its spacing and size; raise "
-                            f"the budget with --max-voxels N or {ENV_MAX_VOXELS}=N)")
+            raise CaseError(f"{path}: at the model's spacing {target} mm its {size} voxels become {resampled}, "
+                            f"padded to the patch size {padded_xyz} = {math.prod(padded):,} voxels (x, y, z as in "
+                            f"the image header), over the budget of {self.limit:,} (a thin or tiny image: check its "
+                            f"spacing and size; raise the budget with --max-voxels N or {ENV_MAX_VOXELS}=N)")
         if voxels > self.limit:
-            raise CaseError(f"{path}: at the model's spacing {tuple(self.target_spacing)} mm its "
-                            f"{' x '.join(map(str, size_xyz))} voxels of {tuple(round(s, 4) for s in spacing_xyz)} "
-                            f"mm become {' x '.join(map(str, shape))} = {voxels:,} voxels, over the budget of "
-                            f"{self.limit:,} (check the spacing in its header; raise the budget with --max-voxels N "
-                            f"or {ENV_MAX_VOXELS}=N)")
+            raise CaseError(f"{path}: at the model's spacing {target} mm its {size} voxels of "
+                            f"{numbers(spacing_xyz)} mm become {resampled} = {voxels:,} voxels (x, y, z as in the "
+                            f"image header), over the budget of {self.limit:,} (check the spacing in its header; "
+                            f"raise the budget with --max-voxels N or {ENV_MAX_VOXELS}=N)")
         if self.memory is None or self.explicit:
             return
         stored = list(size_xyz)[::-1]
         need, available = self.memory.estimate(stored, shape), available_memory()
         if available is not None and need > available:
-            raise CaseError(f"{path}: predicting its {' x '.join(map(str, size_xyz))} voxels ({' x '.join(map(str, shape))} "
-                            f"at the model's spacing) takes about {need / GIB:.1f} GiB of memory (GiB by phase: "
+            raise CaseError(f"{path}: predicting its {size} voxels ({resampled} at the model's spacing, x, y, z)"
+                            f" takes about {need / GIB:.1f} GiB of memory (GiB by phase: "
                             f"{self.memory.describe(stored, shape)}), more than the {available / GIB:.1f} GiB "
                             f"available; free memory or use a machine with more, or crop or resample the image "
                             f"first (setting the budget with --max-voxels N or {ENV_MAX_VOXELS}=N skips this check)")
