@@ -146,3 +146,21 @@ def test_stunet_plans_refuses_a_label_map_of_other_labels_before_the_fingerprint
     assert err.startswith("stunet-plans: error: --label-map kidneys_merged: its labels (kidney) are none of the "
                           "dataset's (ball, box)")
     assert not (tmp_path / "preprocessed").exists()  # stopped before nnU-Net's fingerprint
+
+
+# -- names that match no label ----------------------------------------------------------------------------------------
+def test_unknown_label_names_are_one_line_naming_the_known_ones(tmp_path):
+    import json
+    from stunet.prediction.output_labels import output_labels
+    model = {0: "background", 1: "liver", 2: "spleen"}
+    with pytest.raises(ValueError) as error:
+        output_labels(model, None, "liver,pancreas")
+    assert str(error.value) == "--labels: pancreas not among the output labels (liver, spleen)"
+    label_map = tmp_path / "map.json"
+    label_map.write_text(json.dumps({"labels": {"1": {"name": "kidney", "from": ["kidney_left", "kidney_right"]}}}))
+    with pytest.raises(ValueError) as error:
+        output_labels(model, str(label_map), None)
+    assert str(error.value) == (f"label map {label_map}: kidney_left, kidney_right are not classes of this model (its "
+                                f"classes: liver, spleen)")
+    with pytest.raises(ValueError, match="unknown label map 'kidneys'; shipped maps: amos22, btcv"):
+        output_labels(model, "kidneys", None)

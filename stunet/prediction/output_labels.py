@@ -16,7 +16,9 @@ def output_labels(model_labels: dict[int, str], label_map: str | None, keep: str
         by_name = {canonical(n): i for i, n in model_labels.items()}
         unknown = [s for e in spec["labels"].values() for s in e["from"] if canonical(s) not in by_name]
         if unknown:
-            raise ValueError(f"label map {label_map}: {', '.join(unknown)} are not classes of this model")
+            raise ValueError(f"label map {label_map}: {', '.join(unknown)} "
+                             f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of this model (its "
+                             f"classes: {', '.join(model_labels[i] for i in sorted(model_labels) if i)})")
         names = {0: "background", **{i: e["name"] for i, e in spec["labels"].items()}}
         members = {0: [0], **{i: [by_name[canonical(s)] for s in e["from"]] for i, e in spec["labels"].items()}}
     if keep:
