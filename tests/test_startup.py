@@ -1,5 +1,5 @@
 """Every ``stunet-*`` command answers ``--help`` at once: building its parser and printing the help load none of the
-heavy libraries (PyTorch, nnU-Net, SimpleITK, matplotlib), which the commands import only where they do the work.
+heavy libraries (PyTorch, nnU-Net, SimpleITK, matplotlib, SciPy), which the commands import only where they do the work.
 The assertion is on what a fresh interpreter has imported, not on a wall time, so it holds on a busy machine too
 (the measured times are in README.md)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "nnunetv2", "SimpleITK", "matplotlib")
+HEAVY = ("torch", "nnunetv2", "SimpleITK", "matplotlib", "scipy")
 
 
 def console_scripts() -> dict[str, str]:

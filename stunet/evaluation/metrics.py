@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from stunet.evaluation.surface import surface, surface_distances
 
@@ -159,6 +158,8 @@ def _intersection(a: Crop, b: Crop) -> tuple[tuple[slice, ...], tuple[slice, ...
 
 def _unmatched_voxels(components_of: Crop, other: Crop, overlap) -> int:
     """Voxels of ``components_of``'s 18-connected components (8-connected in 2D) that touch no voxel of ``other``."""
+    from scipy import ndimage  # here: stunet-evaluate --help reads the metric names without SciPy
+
     mask = components_of.mask
     structure = ndimage.generate_binary_structure(mask.ndim, min(2, mask.ndim))  # faces and edges
     components, count = ndimage.label(mask, structure=structure)

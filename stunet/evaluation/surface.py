@@ -20,10 +20,12 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,6 +140,8 @@ def directed_distances(source: Surface, target: Surface, spacing: Sequence[float
 
 
 def _tree(surface_: Surface, scale: np.ndarray) -> cKDTree:
+    from scipy.spatial import cKDTree  # here: stunet-evaluate --help reads the metric names without SciPy
+
     return cKDTree(surface_.points * scale, balanced_tree=False, compact_nodes=False)  # faster to build, as exact
 
 
