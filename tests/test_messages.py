@@ -164,3 +164,23 @@ def test_unknown_label_names_are_one_line_naming_the_known_ones(tmp_path):
                                 f"classes: liver, spleen)")
     with pytest.raises(ValueError, match="unknown label map 'kidneys'; shipped maps: amos22, btcv"):
         output_labels(model, "kidneys", None)
+
+
+# -- progress in log files ----------------------------------------------------------------------------------------------
+def test_a_log_file_gets_lines_without_bars():
+    """stderr written to a file: the header, one line per case and the errors, no progress bar or escape code."""
+    from stunet.prediction.discovery import Case
+    from stunet.prediction.folder import TqdmReporter
+    log = io.StringIO()
+    reporter = TqdmReporter("stunet-predict", file=log)
+    for case in reporter.begin("2 case(s)", [Case("a", [Path("a.nii.gz")], ".nii.gz"),
+                                             Case("b", [Path("b.nii.gz")], ".nii.gz")]):
+        with reporter.case(case.name) as (on_start, progress):
+            on_start(4)
+            for _ in range(4):
+                progress(1)
+        reporter.predicted(case.name, {"network": 1.0}, 4)
+    reporter.error("b.nii.gz: broken")
+    assert log.getvalue().splitlines() == ["stunet-predict: 2 case(s)", "a: network 1.0 s (4 tiles)",
+                                           "b: network 1.0 s (4 tiles)", "stunet-predict: error: b.nii.gz: broken"]
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()

@@ -112,7 +112,8 @@ class Reporter:
 
 
 class TqdmReporter(Reporter):
-    """Progress bars of the cases and of each case's tiles, and one line per event, as ``prog: ...`` on stderr."""
+    """Progress bars of the cases and of each case's tiles on a terminal, and one line per event, as ``prog: ...`` on
+    stderr; written to a file or a pipe (a log), only the lines: no bar, no escape codes."""
 
     def __init__(self, prog: str = "stunet", file=None):
         self.prog, self.file = prog, file
@@ -124,7 +125,7 @@ class TqdmReporter(Reporter):
     def begin(self, header: str, cases: list[Case]) -> Iterable[Case]:
         from tqdm import tqdm
         print(f"{self.prog}: {header}", file=self._out())
-        self.bar = tqdm(cases, unit="case", desc="cases", file=self.file)
+        self.bar = tqdm(cases, unit="case", desc="cases", file=self.file, disable=None)  # None: off unless a tty
         return self.bar
 
     @contextlib.contextmanager
@@ -132,7 +133,7 @@ class TqdmReporter(Reporter):
         from tqdm import tqdm
         if self.bar is not None:
             self.bar.set_postfix_str(printable(name))
-        tiles = tqdm(unit="tile", leave=False, desc=printable(name), file=self.file)
+        tiles = tqdm(unit="tile", leave=False, desc=printable(name), file=self.file, disable=None)
         try:
             yield (lambda n: tiles.reset(n)), tiles.update
         finally:
