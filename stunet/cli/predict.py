@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"],
                      help="what runs the network: torch (default), or the network exported to ONNX (once, cached "
                           "beside the weights) and run on the CPU by ONNX Runtime or OpenVINO (the deploy extra, "
-                          "docs/deployment.md); an ONNX file given with -m runs on onnxruntime unless openvino is asked "
-                          "for")
+                          "docs/deployment.md); an ONNX file given with -m runs on onnxruntime unless openvino is "
+                          "asked for")
     run.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
     run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
