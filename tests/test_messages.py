@@ -184,3 +184,16 @@ def test_a_log_file_gets_lines_without_bars():
     assert log.getvalue().splitlines() == ["stunet-predict: 2 case(s)", "a: network 1.0 s (4 tiles)",
                                            "b: network 1.0 s (4 tiles)", "stunet-predict: error: b.nii.gz: broken"]
     assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+
+
+# -- the preview's panels ---------------------------------------------------------------------------------------------
+def test_preview_panels_are_named_by_view(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from stunet.clinical.preview import write_preview
+    titles = []
+    original = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text), original(ax, text, *a, **k))[1])
+    seg = np.zeros((20, 30, 40), np.uint8)
+    seg[13, 10, 5] = 1
+    write_preview(tmp_path / "case.png", np.zeros(seg.shape, np.float32), seg, (2.0, 0.9, 0.9), {1: "liver"})
+    assert titles == ["axial (slice 14 of 20)", "coronal (slice 11 of 30)", "sagittal (slice 6 of 40)"]

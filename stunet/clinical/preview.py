@@ -6,7 +6,8 @@ names present in the image.
 Palette (fixed, so that a label has the same colour in every preview): label ``i`` (1, 2, ...) gets ``PALETTE[(i - 1)
 % 20]``, the 20 colours of matplotlib's ``tab20`` in its order (label 1 blue ``#1f77b4``, 2 light blue ``#aec7e8``,
 3 orange ``#ff7f0e``, ...). The figure is ``SIZE`` pixels (1200 x 900). Orientation: views are slices of the array
-axes (axial-like: first array axis fixed, as ITK stores z, y, x), not resampled to patient axes.
+axes, not resampled to patient axes, and titled axial, coronal and sagittal (with the slice shown) as they are for
+an image stored in axial slices (ITK's z, y, x).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PALETTE = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d
            "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
            "#17becf", "#9edae5"]
 SIZE = (1200, 900)  # width, height in pixels
+VIEWS = ("axial", "coronal", "sagittal")  # the panels fixing array axis 0 (z), 1 (y), 2 (x)
 _DPI = 100
 
 
@@ -59,7 +61,7 @@ def write_preview(path: Path, image: np.ndarray, seg: np.ndarray, spacing: Seque
             ax = axes[row][column]
             ax.imshow(picture, interpolation="nearest", aspect=aspect, origin="lower" if axis != 0 else "upper")
             ax.set_axis_off()
-        axes[0][column].set_title(f"array axis {axis} = {int(centre[axis])}", fontsize=9)
+        axes[0][column].set_title(f"{VIEWS[axis]} (slice {int(centre[axis]) + 1} of {seg.shape[axis]})", fontsize=9)
     present = sorted(int(v) for v in np.unique(seg) if v > 0)
     handles = [Patch(color=np.array(colour(i)) / 255, label=f"{i}: {names.get(i, str(i))}") for i in present]
     if handles:
