@@ -10,7 +10,8 @@ SHA-256 of the network (its architecture and every weight, as loaded) and the pa
 
 ``<weights folder>`` is the folder of the checkpoint file (``fold_0/`` of an nnU-Net model folder, the folder of a
 released ``.model``); where it cannot be written, the user's cache folder, ``$XDG_CACHE_HOME/stunet/deploy`` (default
-``~/.cache/stunet/deploy``).
+``~/.cache/stunet/deploy``). It is only a cache: deleting ``stunet-deploy`` or any entry is always safe (the graph is
+exported again at its next use), and docs/deployment.md shows how to leave it out of a copied model folder.
 
 The proof: the record holds the network's SHA-256 and the size and SHA-256 of each file of the graph, written with
 the graph; a graph is used only when the network's SHA-256 (computed once per load, from the weights themselves, so
