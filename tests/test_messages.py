@@ -197,3 +197,20 @@ def test_preview_panels_are_named_by_view(tmp_path, monkeypatch):
     seg[13, 10, 5] = 1
     write_preview(tmp_path / "case.png", np.zeros(seg.shape, np.float32), seg, (2.0, 0.9, 0.9), {1: "liver"})
     assert titles == ["axial (slice 14 of 20)", "coronal (slice 11 of 30)", "sagittal (slice 6 of 40)"]
+
+
+# -- stunet-evaluate's unpaired cases --------------------------------------------------------------------------------
+def test_evaluate_names_unpaired_cases_on_the_terminal(tmp_path):
+    """A reference without a prediction and a prediction without a reference are both named (docs/evaluation.md)."""
+    from stunet.evaluation.evaluate import evaluate
+    for folder, names in (("ref", ("a", "lonely_reference")), ("pred", ("a", "stray_prediction"))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            labels = np.zeros((4, 5, 6), np.uint8)
+            labels[1:3, 1:4, 2:5] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / folder / f"{name}.nii.gz"))
+    said = []
+    evaluate(tmp_path / "ref", tmp_path / "pred", tmp_path / "out", report=False, progress=said.append,
+             num_processes=1)
+    assert "1 reference case(s) without a prediction, left out: lonely_reference" in said
+    assert "1 prediction(s) without a reference, left out: stray_prediction" in said

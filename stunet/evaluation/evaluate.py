@@ -177,6 +177,9 @@ def evaluate(reference, prediction, output=None, metrics: Iterable[str] | None =
     if pairs.missing:
         say(f"{len(pairs.missing)} reference case(s) without a prediction, left out: {', '.join(pairs.missing[:5])}"
             + (" ..." if len(pairs.missing) > 5 else ""))
+    if pairs.unmatched:
+        say(f"{len(pairs.unmatched)} prediction(s) without a reference, left out: {', '.join(pairs.unmatched[:5])}"
+            + (" ..." if len(pairs.unmatched) > 5 else ""))
     rows: list[dict] = []
     counts: dict[tuple[str, str], tuple[int, int]] = {}
     names_seen: dict[str, tuple[int, ...]] = {}
