@@ -24,9 +24,9 @@ def one_line(text: str, limit: int = 2000) -> str:
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
-def rounded(value: float, digits: int = 6) -> float:
-    """``value`` at ``digits`` significant digits, as people write it: float32 noise gone (``0.8999999761581421``
-    -> ``0.9``); printed, written to CSV and JSON alike."""
+def rounded(value: float, digits: int = 7) -> float:
+    """``value`` at ``digits`` significant digits (7: a float32's precision), as people write it: float32 noise gone
+    (``0.8999999761581421`` -> ``0.9``); printed, written to CSV and JSON alike."""
     return float(f"{float(value):.{digits}g}")
 
 

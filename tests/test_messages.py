@@ -80,7 +80,7 @@ def test_the_budget_says_every_size_and_spacing_in_the_header_order():
 def test_rounded_numbers():
     from stunet.errors import numbers, rounded
     assert rounded(np.float32(0.9)) == 0.9 and numbers(np.array([2.0, 0.9, 0.9], np.float32)) == "(2.0, 0.9, 0.9)"
-    assert numbers([1234567.0, 1e-7]) == "(1234570.0, 1e-07)"
+    assert numbers([1234567.0, 1e-7, 0.12345678]) == "(1234567.0, 1e-07, 0.1234568)"
 
 
 def _planned(tmp_path, monkeypatch, labels: dict, spacing: list, label_map=None) -> dict:
@@ -214,3 +214,9 @@ def test_evaluate_names_unpaired_cases_on_the_terminal(tmp_path):
              num_processes=1)
     assert "1 reference case(s) without a prediction, left out: lonely_reference" in said
     assert "1 prediction(s) without a reference, left out: stray_prediction" in said
+
+
+def test_metrics_csv_holds_numbers_without_float32_noise():
+    from stunet.evaluation.summary import write_csv_text
+    text = write_csv_text([{"case": "a", "hd95": float(np.float32(0.9)), "dice": float("nan")}], ["case", "hd95", "dice"])
+    assert text == "case,hd95,dice\na,0.9,\n"

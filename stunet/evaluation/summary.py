@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from stunet.errors import rounded
 from stunet.version import __version__
 
 
@@ -24,7 +25,7 @@ def csv_columns(metric_names: Sequence[str]) -> list[str]:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
+        return "" if math.isnan(value) else repr(rounded(value))
     return str(value)
 
 
