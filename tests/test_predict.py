@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -69,22 +70,26 @@ def test_probabilities_match_the_label_map(predicted):
 
 
 def test_label_subset_and_downstream_map(model_folder, predicted, tmp_path):
+    """On one of the predicted cases (each run predicts it again, with mirroring)."""
     root, names = predicted
     full = labels_of(root / "out" / f"{names[0]}.nii.gz")
-    predict("-i", root / "in", "-o", tmp_path / "subset", "-m", model_folder, "--labels", "Spleen,kidney_left")
+    one = tmp_path / "in"
+    one.mkdir()
+    shutil.copy(root / "in" / f"{names[0]}_0000.nii.gz", one)
+    predict("-i", one, "-o", tmp_path / "subset", "-m", model_folder, "--labels", "Spleen,kidney_left")
     subset = labels_of(tmp_path / "subset" / f"{names[0]}.nii.gz")
     np.testing.assert_array_equal(subset, np.where(np.isin(full, [2, 3]), full, 0))
-    predict("-i", root / "in", "-o", tmp_path / "mapped", "-m", model_folder, "--label-map", "kidneys_merged")
+    predict("-i", one, "-o", tmp_path / "mapped", "-m", model_folder, "--label-map", "kidneys_merged")
     mapped = labels_of(tmp_path / "mapped" / f"{names[0]}.nii.gz")
     np.testing.assert_array_equal(mapped, np.isin(full, [3, 4]).astype(np.uint8))
     assert json.loads((tmp_path / "mapped" / "labels.json").read_text()) == {"0": "background", "1": "kidney"}
     custom = tmp_path / "organs.json"
     custom.write_text(json.dumps({"labels": {"1": {"name": "Spleen", "from": ["spleen"]},
                                              "2": {"name": "abdomen", "from": ["liver", "kidney_left"]}}}))
-    predict("-i", root / "in", "-o", tmp_path / "custom", "-m", model_folder, "--label-map", custom)
+    predict("-i", one, "-o", tmp_path / "custom", "-m", model_folder, "--label-map", custom)
     np.testing.assert_array_equal(labels_of(tmp_path / "custom" / f"{names[0]}.nii.gz"),
                                   np.select([full == 2, np.isin(full, [1, 3])], [1, 2], 0))
-    done = predict("-i", root / "in", "-o", tmp_path / "x", "-m", model_folder, "--labels", "pancreas", check=False)
+    done = predict("-i", one, "-o", tmp_path / "x", "-m", model_folder, "--labels", "pancreas", check=False)
     assert done.returncode == 1 and "pancreas not among the output labels" in done.stderr
 
 
