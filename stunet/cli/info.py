@@ -36,7 +36,8 @@ def _trainers(parser: argparse.ArgumentParser, names: list[str]) -> None:
     if not names:
         print(f"{len(listed)} STU-Net trainers (nnunet_plugins/stunet_trainers.py), each nnU-Net's nnUNetTrainer with "
               f"the STU-Net of the plans\n(STU-Net plans) or of its size (nnU-Net's own plans). Precision is no part "
-              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16).\n")
+              f"of a name: STUNET_PRECISION=bf16 trains\nany of them in bfloat16 on CUDA (default fp16; float32 on the "
+              f"CPU). Every fine-tuning trainer (_ft...) needs -pretrained_weights.\n")
     for name in names or listed:
         print(f"{name:<44} {describe_trainer(listed[name])}")
 
