@@ -19,6 +19,7 @@ trained nnU-Net model folder of the synthetic dataset, e.g. the one ``stunet-dem
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -77,7 +78,19 @@ def measure(model: Path, cases: int, seed: int = 1, mirroring: bool = False) -> 
     return results
 
 
+def reflag(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The same fields flagged by the current rules (:func:`stunet.clinical.quality.flag`)."""
+    from stunet.clinical.quality import flag
+
+    nan = float("nan")
+    return {variant: [{name: {**e, "flag": flag(*(nan if e[f] is None else e[f] for f in (
+        "confidence", "uncertain_fraction", "components", "largest_component_fraction", "case_confidence",
+        "border_section", "outside_intensity_fraction")))} for name, e in case.items()} for case in cases]
+            for variant, cases in results.items()}
+
+
 def table(results: dict[str, list[dict]]) -> str:
+    results = reflag(results)
     lines = ["| input | cases flagged | mean confidence | case confidence | border section (max) | outside "
              "intensities (mean) | rules that fired (cases) |", "|---|---|---|---|---|---|---|"]
     for variant, cases in results.items():
@@ -107,8 +120,17 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", type=int, default=12, help="clean cases (default 12)")
     parser.add_argument("--tta", action="store_true", help="mirroring on (8 times the work)")
     parser.add_argument("--markdown", type=Path, help="also write the table there")
+    parser.add_argument("--json", type=Path, help="also write the measured fields there")
+    parser.add_argument("--from-json", action="store_true",
+                        help="MODEL is such a JSON file: flag its fields with the current rules, segment nothing")
     args = parser.parse_args(argv)
-    text = table(measure(args.model, args.cases, mirroring=args.tta))
+    if args.from_json:
+        results = json.loads(args.model.read_text())
+    else:
+        results = measure(args.model, args.cases, mirroring=args.tta)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    text = table(results)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

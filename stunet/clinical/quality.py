@@ -32,7 +32,7 @@ HIGH_UNCERTAINTY = 0.2  # ... or of which more than this share of voxels is won 
 FRAGMENTED = 0.9  # ... or whose largest component holds less than this share of its voxels
 LOW_CASE_CONFIDENCE = 0.95  # ... or in a case whose foreground as a whole is won with a mean probability below this
 CUT_BY_BORDER = 0.5  # ... or that a face of the image cuts through at least this share of its widest section
-OUTSIDE_INTENSITIES = 0.1  # ... or of which more than this share of voxels lies outside the training intensities
+OUTSIDE_INTENSITIES = 0.04  # ... or of which more than this share of voxels lies outside the training intensities
 QC_FIELDS = ["confidence", "uncertain_fraction", "case_confidence", "components", "largest_component_fraction",
              "border_section", "outside_intensity_fraction", "flag"]
 
