@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "beside the weights) and run on the CPU by ONNX Runtime or OpenVINO (the deploy extra, "
                           "docs/deployment.md); an ONNX file given with -m runs on onnxruntime unless openvino is "
                           "asked for")
+    run.add_argument("--speed", choices=["exact", "fastest"], default="exact",
+                     help="exact (default): the --backend and --precision given (torch fp32 on the CPU); fastest: "
+                          "the fastest backend and precision installed here, said in one line and recorded in "
+                          "provenance.json (OpenVINO bf16 on CPUs with native bf16, torch bf16 without OpenVINO, fp32 "
+                          "otherwise; fp16 on CUDA; a little less agreement, docs/performance.md)")
+    run.add_argument("--no-skip", action="store_true",
+                     help="run the network on every tile; by default a CT's tiles that hold no body (only air) are "
+                          "not run and get the network's answer for an all-air tile (docs/prediction.md)")
     run.add_argument("--step-size", type=float, default=0.5, help="tile step as a fraction of the patch (0.5)")
     run.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     run.add_argument("--fast", action="store_true", help="--disable-tta and --step-size 1: fastest, a little less "
@@ -84,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output-type", default="nifti", metavar="TYPE[,TYPE...]",
                      help="nifti: case.nii.gz (default); dicom_seg: a DICOM-SEG case.seg.dcm; dicom_rtstruct: an RT "
                           "Structure Set case.rtstruct.dcm (the DICOM ones reference the series: DICOM input only); "
+                          "masks: a folder case/ of one 0/1 mask per label (liver.nii.gz, ..., empty ones too); "
                           "several comma-separated, both = nifti,dicom_seg")
     out.add_argument("--series-uid", metavar="UID", help="the series to segment in a DICOM folder holding several")
     out.add_argument("--statistics", action="store_true",
@@ -92,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--qc", action="store_true",
                      help="quality control per label (confidence, uncertain_fraction, components, "
                           "largest_component_fraction, flag) in the statistics; implies --statistics "
-                          "masks: a folder case/ of one 0/1 mask per label (liver.nii.gz, ..., empty ones too); "
                           "(see docs/evaluation.md)")
     out.add_argument("--overwrite", action="store_true", help="predict cases whose output exists (default: skip)")
     out.add_argument("--num-parts", type=int, help="split the cases into this many parts ... (default: from "
@@ -115,7 +123,7 @@ def _segmenter(args, parser):
                                checkpoint_name=args.checkpoint_name, trust=args.trust_checkpoint, device=args.device,
                                step_size=args.step_size, mirroring=not args.disable_tta, precision=args.precision,
                                labels=args.labels, label_map=args.label_map, backend=args.backend,
-                               max_voxels=args.max_voxels)
+                               max_voxels=args.max_voxels, speed=args.speed, skip_air=not args.no_skip)
 
 
 @cli_entry("stunet-predict")
@@ -144,6 +152,9 @@ def main(argv=None) -> None:
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         parser.exit(1, f"stunet-predict: error: {e}\n")
     args.backend = segmenter.options["backend"]
+    if segmenter.speed_choice:
+        args.precision = segmenter.options["precision"]
+        print(printable(f"stunet-predict: --speed fastest: {segmenter.speed_choice}"), file=sys.stderr)
     try:
         run = run_folder(segmenter, folder, overwrite=args.overwrite, statistics=args.statistics,
                          preview=args.preview, qc=args.qc, probabilities=args.save_probabilities,

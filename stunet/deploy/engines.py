@@ -20,7 +20,7 @@ exported graph, so later processes skip most of the compilation. Both engines us
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import threading
 from pathlib import Path
 
@@ -191,3 +191,48 @@ def clear_compiled() -> None:
     """Forget the compiled graphs of this process (tests; a changed file is recompiled anyway)."""
     with _LOCK:
         _COMPILED.clear()
+
+
+SPEEDS = ("exact", "fastest")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX), where torch's bf16 is fast; elsewhere it is
+    emulated and many times slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def installed(backend: str) -> bool:
+    """Whether ``backend`` runs here: torch always; an engine with its package and onnx (which exports the graph)."""
+    if backend == "torch":
+        return True
+    return all(importlib.util.find_spec(name) is not None for name in (backend, "onnx"))
+
+
+def openvino_capabilities() -> list[str]:
+    """:func:`cpu_capabilities`, or none where OpenVINO is not installed."""
+    return cpu_capabilities() if installed("openvino") else []
+
+
+def fastest_engine(device_type: str, backends: set[str], capabilities: list[str], bf16: bool,
+                   graph_only: bool = False) -> tuple[str, str, str]:
+    """``(backend, precision, why)``: the fastest engine and precision among ``backends`` (those installed) on a
+    device of ``device_type``, given OpenVINO's ``capabilities`` of the CPU and whether it has native bfloat16
+    (``bf16``); ``graph_only`` where the model is an exported graph (no torch). Measured on a 2-core AVX-512 CPU with
+    native bf16 (docs/performance.md): OpenVINO bf16 0.46×, torch bf16 0.57×, OpenVINO fp32 0.74× the time of torch
+    fp32; ONNX Runtime is slower than torch."""
+    if device_type == "cuda" and not graph_only:
+        return "torch", "fp16", "CUDA: torch with fp16 mixed precision"
+    if "openvino" in backends:
+        if "BF16" in capabilities:
+            return "openvino", "bf16", "OpenVINO installed, CPU with native bf16"
+        return "openvino", "fp32", "OpenVINO installed, CPU without native bf16"
+    if graph_only:
+        return "onnxruntime", "fp32", "an exported graph without OpenVINO: ONNX Runtime"
+    if bf16:
+        return "torch", "bf16", "no OpenVINO, CPU with native bf16: torch bf16"
+    return "torch", "fp32", "no OpenVINO, CPU without native bf16: torch fp32"

@@ -336,7 +336,8 @@ def run_folder(segmenter, folder: FolderInput, *, overwrite: bool = False, stati
             phases = {**result.timings, "writing": time.perf_counter() - case_start - predicted}
             run.predicted.append(case.name)
             run.notes[case.name], run.timings[case.name] = list(result.notes), phases
-            record_cases(out_dir, header, {case.name: {"status": "predicted", "notes": result.notes}})
+            record_cases(out_dir, header, {case.name: {"status": "predicted", "notes": result.notes,
+                                                       "tiles": result.tiles, "skipped_tiles": result.skipped_tiles}})
             reporter.predicted(case.name, phases, result.tiles)
         if statistics:
             table = statistics_csv(out_dir, all_names)

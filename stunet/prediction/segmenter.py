@@ -32,7 +32,8 @@ import SimpleITK as sitk
 import torch
 
 from stunet.cpu_memory import reuse_freed_memory
-from stunet.deploy.engines import check_backend, describe_backend
+from stunet.deploy.engines import (BACKENDS, SPEEDS, check_backend, describe_backend, fastest_engine, installed,
+                                   native_bf16, openvino_capabilities)
 from stunet.deploy.sidecar import GraphNetwork, read_exported
 from stunet.prediction.budget import VoxelBudget
 from stunet.prediction.case import CaseResult, predict_case
@@ -88,7 +89,10 @@ class Segmenter:
     ``Segmenter.from_model_folder``, and ``Segmenter.from_path`` for either or an exported graph); ``labels=`` /
     ``label_map=`` restrict or map the output labels and ``max_voxels=`` sets the voxel budget, as ``stunet-predict --labels/--label-map/--max-voxels`` do;
     ``backend="onnxruntime"`` or ``"openvino"`` runs the networks as exported graphs on the CPU (as ``--backend``;
-    docs/deployment.md), at ``precision``.
+    docs/deployment.md), at ``precision``; ``speed="fastest"`` picks the fastest backend and precision installed
+    here instead (:func:`~stunet.deploy.engines.fastest_engine`; ``speed_choice`` says which), as ``--speed
+    fastest``. ``skip_air`` (CT models) leaves out the tiles that hold no body (:mod:`stunet.prediction.body`), as
+    ``--no-skip`` does not.
     """
 
     def __init__(self, pretrained: str | None = None, checkpoint: str | Path | None = None, *,
@@ -96,25 +100,39 @@ class Segmenter:
                  checkpoint_name: str = "checkpoint_final.pth", model: Model | None = None, device: str = "auto",
                  step_size: float = 0.5, mirroring: bool = True, precision: str = "auto", trust: bool = False,
                  labels: str | None = None, label_map: str | None = None, max_voxels: float | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", speed: str = "exact", skip_air: bool = True):
         if sum(x is not None for x in (pretrained, model_folder, model)) != 1:
             raise ValueError("give one of pretrained=NAME, model_folder=FOLDER or model=Model")
         if checkpoint is not None and pretrained is None:
             raise ValueError("checkpoint= goes with pretrained=NAME (the released model it is)")
+        if speed not in SPEEDS:
+            raise ValueError(f"unknown speed {speed!r}; choose {' or '.join(SPEEDS)}")
+        if speed == "fastest" and (backend != "torch" or precision != "auto"):
+            raise ValueError("speed='fastest' (--speed fastest) chooses the backend and precision itself; leave "
+                             "backend and precision out")
         device = choose_device(device, backend)
         if model is None:
             model = (load_pretrained(pretrained, checkpoint, trust=trust) if pretrained
                      else load_model_folder(model_folder, folds, checkpoint_name, trust=trust))
+        self.speed_choice = None  # with speed="fastest": the backend and precision picked, and why
+        if speed == "fastest":
+            backend, precision, why = fastest_engine(
+                torch.device(device).type, {b for b in BACKENDS if installed(b)}, openvino_capabilities(),
+                native_bf16(), any(isinstance(n, GraphNetwork) for n in model.networks))
+            device = device if backend == "torch" else choose_device("cpu", backend)
+            self.speed_choice = f"{backend} {precision} ({why})"
         check_backend(backend)
         if backend == "torch" and any(isinstance(n, GraphNetwork) for n in model.networks):
             raise ValueError("an exported ONNX graph runs on the onnxruntime or openvino backend, not torch")
         self.model = model
-        self.predictor = Predictor(model, device, step_size, mirroring, precision, backend=backend)
+        self.predictor = Predictor(model, device, step_size, mirroring, precision, backend=backend, skip_air=skip_air)
         self.label_names, self.lookup, self.members = output_labels(model.label_names, label_map, labels)
         self.max_voxels = max_voxels
         self.budget(False)  # a bad max_voxels or STUNET_MAX_VOXELS fails now, not at the first image
         self.options = {"step_size": step_size, "mirroring": mirroring, "precision": precision, "device": str(device),
                         "labels": labels, "label_map": label_map, "max_voxels": max_voxels, "backend": backend,
+                        "speed": speed, "speed_choice": self.speed_choice,
+                        "skip_air": self.predictor.air_rule.describe() if self.predictor.air_rule else False,
                         "engine": describe_backend(backend, self.predictor.precision, None if backend == "torch"
                                                    else self.predictor.runners)}
         self._lock = threading.RLock()  # predict() holds it around the phases that take it too
@@ -133,7 +151,8 @@ class Segmenter:
         as ``stunet-predict --pretrained`` / ``-m`` load them. ``backend`` defaults to ``"onnxruntime"`` for an
         ONNX file and ``"torch"`` otherwise; the other keywords are the constructor's."""
         if backend is None:
-            backend = "onnxruntime" if is_exported(source) else "torch"
+            fastest = kwargs.get("speed") == "fastest"  # which picks the backend itself
+            backend = "onnxruntime" if is_exported(source) and not fastest else "torch"
         device = choose_device(kwargs.pop("device", "auto"), backend)  # the allocator is set before the loading
         model = load_source(source, folds, checkpoint, checkpoint_name, trust)
         return cls(model=model, device=device, backend=backend, **kwargs)

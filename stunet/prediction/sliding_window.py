@@ -13,6 +13,9 @@ axis, so the canvas holds only the rows one tile spans, and finished rows go to 
 only where that is undecided (:mod:`stunet.prediction.export`). Memory therefore grows with the image and the network, not with
 classes × voxels.
 
+In a CT, tiles holding no body are not run (:mod:`stunet.prediction.body`): the network's features of one all-air
+tile, computed once, are blended in their place, so the result differs from running them only by the air's own noise.
+
 Reused from nnU-Net: image reading and writing (the plans' reader), the preprocessing steps and normalisation classes
 (:mod:`stunet.prediction.preprocessing`), tile positions, the Gaussian, padding, mirroring axes, the label manager, the
 resampling rules.
@@ -32,6 +35,7 @@ import torch
 
 from stunet.cpu_memory import release_freed_memory
 from stunet.models.network import STUNet
+from stunet.prediction.body import air_rule, air_value, body_mask, tiles_to_run
 from stunet.prediction.export import ConfidenceTally, argmax, fine_labels, head_logits
 from stunet.prediction.model import Model
 from stunet.prediction.preprocessing import preprocess
@@ -44,7 +48,8 @@ class Predictor:
     """Segments images with a :class:`Model`."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", step_size: float = 0.5,
-                 mirroring: bool = True, precision: str = "auto", chunk_slices: int = 8, backend: str = "torch"):
+                 mirroring: bool = True, precision: str = "auto", chunk_slices: int = 8, backend: str = "torch",
+                 skip_air: bool = True):
         self.model = model
         self.device = torch.device(device)
         self.step_size = step_size
@@ -63,6 +68,11 @@ class Predictor:
         self.chunk_slices = chunk_slices
         self.network_seconds = 0.0  # the forward passes of the last image (feature_slabs)
         self.tiles = 0  # tiles of the last image
+        # tiles the body misses get the features of an all-air tile (stunet.prediction.body; CT models only)
+        self.air_rule = air_rule(model) if skip_air else None
+        self.air_threshold = self.air_rule.normalised if self.air_rule else None  # set per image by preprocess
+        self.skipped_tiles = 0  # of the last image
+        self._air: tuple[float, list[torch.Tensor]] | None = None  # (air value, features of each network)
         self.tally: ConfidenceTally | None = None  # set by the caller to collect winning probabilities (--qc)
         self.fallbacks: list[str] = []  # where the last image's work left the GPU for the CPU (out of memory)
         for network in model.networks:
@@ -85,6 +95,8 @@ class Predictor:
     def preprocess(self, image: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
         """nnU-Net's preprocessing (:mod:`stunet.prediction.preprocessing`); ``image`` is normalised in place."""
         self.fallbacks = []  # a new image: its own fallbacks only
+        if self.air_rule is not None:
+            self.air_threshold = self.air_rule.threshold(image[0])
         return preprocess(image, properties, self.model.plans_manager, self.model.configuration_manager,
                           self.model.dataset_json, self.device, self.note_fallback)
 
@@ -104,6 +116,25 @@ class Predictor:
             total = f.float() if total is None else total.add_(f.float())
         return total.div_(len(combos)) if len(combos) > 1 else total
 
+    def _timed_features(self, network: STUNet, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_features` of one tile (batch of one) at the predictor's precision, its time added to
+        ``network_seconds``."""
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
+        began = time.perf_counter()
+        with autocast or torch.autocast(self.device.type, enabled=False):
+            f = self._features(network, x)[0]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.network_seconds += time.perf_counter() - began
+        return f
+
+    def _air_features(self, value: float, channels: int, patch: list[int]) -> list[torch.Tensor]:
+        """Each network's features of a tile holding ``value`` everywhere, computed once per value."""
+        if self._air is None or self._air[0] != value:
+            tile = torch.full((1, channels, *patch), value, dtype=torch.float32, device=self.device)
+            self._air = value, [self._timed_features(network, tile) for network in self.runners]
+        return self._air[1]
+
     @torch.inference_mode()
     def blended_features(self, data: torch.Tensor, progress: Callable[[int], None] | None = None,
                          on_start: Callable[[int], None] | None = None) -> list[torch.Tensor]:
@@ -120,7 +151,8 @@ class Predictor:
         Gaussian-blended last-stage features, rows along the first axis in order as they are finished. Tiles run
         first-axis-major, so with ``window`` the canvas holds only the rows one tile spans (a slab is a view, valid
         until the next is asked for); without it, one item: the whole image. ``network_seconds`` is the time the
-        networks' forward passes took."""
+        networks' forward passes took. With an ``air_rule`` (CT), the tiles the body misses are not run: the features
+        of an all-air tile stand in for them (:mod:`stunet.prediction.body`; ``skipped_tiles`` counts them)."""
         patch = list(self.model.configuration_manager.patch_size)
         padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
         spatial = padded.shape[1:]
@@ -131,6 +163,14 @@ class Predictor:
         if on_start:
             on_start(len(tiles))
         self.tiles = len(tiles)
+        self.network_seconds = 0.0
+        run, air = [True] * len(tiles), None
+        if self.air_threshold is not None:
+            mask = body_mask(padded[0], self.air_threshold, revert[1:])
+            run = tiles_to_run(mask, tiles)
+            if not all(run):
+                air = self._air_features(air_value(padded[0], mask), padded.shape[0], patch)
+        self.skipped_tiles = run.count(False)
         rows = range(spatial[0])[revert[1]]  # the image's rows in the padded grid
         gaussian = compute_gaussian(tuple(patch), sigma_scale=1. / 8, value_scaling_factor=10, dtype=torch.float32,
                                     device=self.device)
@@ -147,7 +187,6 @@ class Predictor:
             gaussian = gaussian.cpu()
         if two_d:
             gaussian = gaussian[None]
-        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
         base = 0  # the padded grid's row held in the canvases' row 0
 
         def finished(upto: int):
@@ -160,8 +199,7 @@ class Predictor:
                 return low - rows.start, [c[(slice(low - base, high - base), *revert[2:])] for c in canvases]
             return None
 
-        self.network_seconds = 0.0
-        for tile in tiles:
+        for tile, needed in zip(tiles, run):
             start = tile[0] if two_d else tile[0].start
             if window and start > base:  # no later tile reaches the rows before ``start``
                 done = finished(start)
@@ -175,15 +213,10 @@ class Predictor:
                 for t in (*canvases, weights):
                     t[max(live, 0):].zero_()
                 base = start
-            x = padded[(slice(None), *tile)].unsqueeze(0).to(self.device)  # a 2D tile's slice index drops its axis
-            place = (slice(start - base, start - base + (1 if two_d else patch[0])), *tile[1:])
-            for network, canvas in zip(self.runners, canvases):
-                began = time.perf_counter()
-                with autocast or torch.autocast(self.device.type, enabled=False):
-                    f = self._features(network, x)[0]
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                self.network_seconds += time.perf_counter() - began
+            x = padded[(slice(None), *tile)].unsqueeze(0).to(self.device) if needed else None  # a 2D tile's
+            place = (slice(start - base, start - base + (1 if two_d else patch[0])), *tile[1:])  # index drops its axis
+            for i, (network, canvas) in enumerate(zip(self.runners, canvases)):
+                f = self._timed_features(network, x) if needed else air[i]
                 f = f.to(canvas.device)
                 canvas[place].addcmul_((f[:, None] if two_d else f).movedim(0, -1), gaussian.unsqueeze(-1))
             weights[place].add_(gaussian.to(weights.device))
