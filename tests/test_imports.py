@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own room and the rooms before it
 ORDER = ["base", "io", "models", "weights", "clinical", "evaluation", "nnunet", "deploy", "prediction", "cli", "top"]
-BASE = {"stunet.errors", "stunet.settings", "stunet.version", "stunet.paths", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps", "stunet.archives", "stunet.digest"}
+BASE = {"stunet.errors", "stunet.settings", "stunet.version", "stunet.paths", "stunet.atomic", "stunet.cpu_memory", "stunet.labels", "stunet.label_maps", "stunet.archives", "stunet.digest", "stunet.locks"}
 
 
 def _modules() -> dict[str, Path]:

@@ -10,8 +10,6 @@ names and the preview's legend.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -25,6 +23,7 @@ import SimpleITK as sitk
 from stunet.atomic import atomic_write
 from stunet.digest import file_sha256
 from stunet.errors import CaseError
+from stunet.locks import file_lock
 from stunet.prediction.masks import write_masks
 from stunet.paths import image_ending, is_utf8
 from stunet.version import __version__
@@ -161,39 +160,6 @@ def statistics_csv(out_dir: Path, names: list[str]) -> str | None:
     return csv_text(rows) if rows else None
 
 
-@contextlib.contextmanager
-def _folder_lock(out_dir: Path):
-    """Hold the output folder's provenance lock (``flock`` on ``.stunet-provenance.lock``, removed on release).
-
-    The lock file is removed by its holder, so a process that waited on a removed file takes the lock again on the
-    file now at the path. File systems without ``flock`` (some parallel file systems) are written without it."""
-    path = out_dir / PROVENANCE_LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            raise CaseError(f"{path}: cannot be opened as the lock of {PROVENANCE} ({e.strerror}); remove it") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks on this file system
-            os.close(fd)
-            yield
-            return
-        try:
-            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
-
-
 def record_cases(out_dir: Path, run: dict, cases: dict[str, dict]) -> None:
     """Merge ``cases`` (name -> its record) into ``out_dir/provenance.json``, whose other fields become ``run``'s.
 
@@ -201,7 +167,7 @@ def record_cases(out_dir: Path, run: dict, cases: dict[str, dict]) -> None:
     overlapping runs, reruns) keep each other's records: the file lists every case ever recorded there once, with
     its latest record. An unreadable provenance.json is replaced."""
     out_dir = Path(out_dir)
-    with _folder_lock(out_dir):
+    with file_lock(out_dir / PROVENANCE_LOCK, f"the lock of {PROVENANCE}"):
         try:
             previous = json.loads((out_dir / PROVENANCE).read_text()).get("cases")
         except (OSError, ValueError, AttributeError, RecursionError):

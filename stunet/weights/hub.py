@@ -6,8 +6,8 @@ the config's Hub sources are tried in order: huggingface_hub asks the Hub for th
 request) and the body is read here (see "the transfer" below), with a progress bar, resumed with an HTTP range where a
 connection breaks, and written under a temporary name that is moved into place only when complete, so an interrupted
 download leaves nothing that loads and nothing at all on disk. Processes that need the same file at once (a cold cache
-shared by parallel jobs) download it once: the first holds a lock file beside the blob in the cache
-(``blobs/<etag>.lock``, ``fcntl.flock``) while it downloads, the others wait for it, then check the checksum and use
+shared by parallel jobs) download it once: the first holds a lock file in the cache (``.locks/models--<org>--<repo>/
+<etag>.lock``, where huggingface_hub keeps its own, ``fcntl.flock``) while it downloads, the others wait for it, then check the checksum and use
 the file. A download never goes past the size the Hub declared
 (it stops there) nor past ``STUNET_DOWNLOAD_TIMEOUT`` seconds (:func:`stunet.settings.download_timeout`, 6 hours
 unless set); a server that sends nothing for ``HF_HUB_DOWNLOAD_TIMEOUT`` seconds (10) breaks the connection, which is
@@ -28,7 +28,6 @@ never implies trust.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -46,11 +45,7 @@ from urllib.parse import urlsplit
 from stunet import settings
 from stunet.digest import file_sha256
 from stunet.errors import CheckpointError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no inter-process lock, each process downloads on its own
-    fcntl = None
+from stunet.locks import file_lock
 
 ENV_HOME = settings.HOME
 RECORD_NAME = "stunet-checksums.json"
@@ -323,7 +318,7 @@ class _Transfer:
         pointer = storage / "snapshots" / meta.commit_hash / Path(*parts)
         new = self.force or not blob.is_file()
         if new:
-            with self._blob_lock(blob):
+            with self._blob_lock(storage, meta.etag):
                 new = self.force or not blob.is_file()  # another process may have fetched it while this one waited
                 if new:
                     self._get(url, meta.location, blob)
@@ -337,32 +332,18 @@ class _Transfer:
             self.result = pointer
         return pointer
 
-    @contextlib.contextmanager
-    def _blob_lock(self, blob: Path):
-        """Held while this process downloads ``blob``: an exclusive lock on ``blobs/<etag>.lock`` beside it, so that
+    def _blob_lock(self, storage: Path, etag: str):
+        """Held while this process downloads the blob ``etag`` of ``storage``: :func:`stunet.locks.file_lock` on
+        ``.locks/<storage>/<etag>.lock`` in the cache (outside ``blobs/``, which holds only whole files), so that
         processes downloading the same file into the same cache fetch it once; the others wait (within the deadline)
         and then find the blob in place."""
-        if fcntl is None:
-            yield
-            return
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        with open(blob.with_name(f"{blob.name}.lock"), "a+b") as handle:
-            told = False
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not told:
-                        print(f"stunet: another process is downloading {self.filename} into {self.cache}; waiting "
-                              f"for it", file=sys.stderr)
-                        told = True
-                    self._check()
-                    time.sleep(0.1)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        lock = self.cache / ".locks" / storage.name / f"{etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+
+        def waiting() -> None:
+            print(f"stunet: another process is downloading {self.filename} into {self.cache}; waiting for it",
+                  file=sys.stderr)
+        return file_lock(lock, "the download lock", waiting=waiting, check=self._check)
 
     def _head(self, url: str, endpoint: str | None):
         """The file's metadata (huggingface_hub's HEAD, without its own retries, whose every attempt logs lines):
