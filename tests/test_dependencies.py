@@ -206,7 +206,7 @@ def test_a_missing_extra_is_named_in_one_line(module, monkeypatch):
 
 
 def test_the_tests_need_only_the_requirements_and_the_test_extra():
-    local = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    local = {p.stem for folder in ("tests", "benchmarks") for p in (ROOT / folder).glob("*.py")}  # their own modules
     allowed = REQUIRED | EXTRAS.get("test", set())
     missing = {m: _where(u) for m, u in third_party_imports(["tests"], local).items()
                if m not in DISTRIBUTIONS or normalise(DISTRIBUTIONS[m]) not in allowed}

@@ -453,7 +453,8 @@ def test_pretrained_weights_of_a_trainer_fail_in_one_line(hostile):
     from stunet.nnunet.trainer import STUNetTrainer
 
     class Trainer:  # what the loader uses of a trainer before the checkpoint is read
-        stunet_options = {"trust_checkpoint": (False, "default")}
+        stunet_options = {"trust_checkpoint": (False, "default"), "label_map": (None, "default")}
+        dataset_json = {"labels": {"background": 0, "organ": 1}}
         load_pretrained_weights = STUNetTrainer.load_pretrained_weights
 
         def __init__(self):
