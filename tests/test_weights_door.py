@@ -89,6 +89,26 @@ def test_trust_without_weights_is_refused_in_one_line():
     stunet.create_model("stunet_small", trust_checkpoint=False, widths=[2, 4, 8, 16, 32, 32])  # the default is fine
 
 
+def test_models_and_their_releases_are_one_table():
+    """``list_models(pretrained=True)`` lists every release as ``model.tag``, under a registered model's entry; a
+    release registered at run time enters the same table and leaves it again."""
+    from stunet.models.registry import get_release, list_models, list_releases, model_entry
+    from stunet.weights.pretrained import get_pretrained_config, list_pretrained
+    releases = list_models(pretrained=True)
+    assert releases == list_releases() == list_pretrained() and "stunet_small.totalseg104" in releases
+    for name in releases:
+        release = get_release(name)
+        assert release is get_pretrained_config(name) and name == f"{release.model}.{release.tag}"
+        assert release.model in list_models() and model_entry(release.model).releases[release.tag] is release
+    assert list_models("stunet_small*", pretrained=True) == list_releases("stunet_small")
+    config = register_pretrained_config(tiny_config("stunet_small.tabletest", REPO))
+    try:
+        assert config.name in list_models(pretrained=True) and model_entry("stunet_small").releases["tabletest"] is config
+    finally:
+        unregister_pretrained_config(config.name)
+    assert config.name not in list_models(pretrained=True) and "tabletest" not in model_entry("stunet_small").releases
+
+
 def test_the_architecture_is_inferred_once_per_load(release, tmp_path, monkeypatch):
     checkpoint = write_release_v2(release, tmp_path / "door.pth", (0, 1, 2))
     calls = []

@@ -21,6 +21,7 @@ from stunet.cli.errors import cli_entry, command_parser
 from stunet.errors import one_line
 from stunet.labels import check_label_map, list_label_maps
 from stunet.models.presets import PRESETS
+from stunet.models.registry import release_network_config
 from stunet.weights.pretrained import get_pretrained_config, list_pretrained
 
 EPILOG = """examples:
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         parser.exit(2, "stunet-plans: error: --batch-size must be positive\n")
     if args.patch_size:
-        network = pretrained.network_config() if pretrained else None
+        network = release_network_config(pretrained) if pretrained else None
         if network is not None:
             bad = [(a, p, d) for a, (p, d) in enumerate(zip(args.patch_size, network.total_stride)) if p % d]
             if len(args.patch_size) != 3 or bad:

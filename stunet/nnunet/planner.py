@@ -39,7 +39,8 @@ from stunet.nnunet.network import architecture_for_plans, strides_for_plans
 from stunet.nnunet.plans import ReleasedPreprocessing, released_preprocessing
 from stunet.nnunet.trainer import PLANS_LABEL_MAP
 from stunet.models.presets import PRESETS
-from stunet.weights.pretrained import PretrainedConfig
+from stunet.models.registry import release_network_config
+from stunet.models.release import PretrainedConfig
 from stunet.weights.factory import create_model
 
 GIB = 2 ** 30
@@ -168,7 +169,7 @@ class STUNetPlanner(ExperimentPlanner):
         """The largest patch (and its network) whose batch of 2 fits the budget, nnU-Net's way."""
         budget = self.UNet_vram_target_GB * GIB
         if self.fixed_patch_size is not None and len(self.fixed_patch_size) == len(spacing):
-            strides = [list(s) for s in self.pretrained.network_config().strides] if self.pretrained else \
+            strides = [list(s) for s in release_network_config(self.pretrained).strides] if self.pretrained else \
                 self._topology(spacing, self.fixed_patch_size)[0]
             config = self._network(strides, num_input_channels, num_classes)
             bad = [a for a, (p, d) in enumerate(zip(self.fixed_patch_size, config.total_stride)) if p % d]

@@ -13,7 +13,7 @@ Three readers, which therefore cannot disagree (``tests/test_plans.py`` checks i
 The TotalSegmentator releases were trained by nnU-Net v1 on images read with SimpleITK (array axes z, y, x) without
 transposition, at 1.5 mm isotropic spacing, per-image z-score normalisation and 128³ patches, with strides
 [2,2,2]×4 + [1,1,2] (the last one along x): their configs say so, and these plans follow. A config completed from a
-release's own nnU-Net v1 plans (:meth:`~stunet.weights.pretrained.PretrainedConfig.completed`) brings its normalization
+release's own nnU-Net v1 plans (:meth:`~stunet.models.release.PretrainedConfig.completed`) brings its normalization
 per channel (CT with its intensity statistics), normalization masks, transposition and channel names.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from stunet.models.registry import release_network_config
+from stunet.models.release import PretrainedConfig
 from stunet.nnunet.network import architecture_for_plans
-from stunet.weights.pretrained import PretrainedConfig
 
 CONFIGURATION = "3d_fullres"
 
@@ -65,7 +66,7 @@ class ReleasedPreprocessing:
 
 def released_preprocessing(config: PretrainedConfig, num_channels: int) -> ReleasedPreprocessing:
     """The preprocessing of ``config`` (complete for prediction: see
-    :meth:`~stunet.weights.pretrained.PretrainedConfig.missing_for_prediction`) for ``num_channels`` input channels.
+    :meth:`~stunet.models.release.PretrainedConfig.missing_for_prediction`) for ``num_channels`` input channels.
     With another channel count than the release's, every channel takes the first channel's normalization, mask and
     intensity statistics."""
     pre = config.preprocessing
@@ -100,7 +101,7 @@ def plans_for_pretrained(config: PretrainedConfig, dataset_name: str, plans_name
     pretraining patch; prediction does not read them."""
     released = released_preprocessing(config, num_channels)
     patch = [int(p) for p in config.preprocessing["patch_size"]]
-    net = replace(config.network_config(), in_channels=num_channels)
+    net = replace(release_network_config(config), in_channels=num_channels)
     configuration = {"data_identifier": f"{plans_name}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
                      "batch_size": 2, "patch_size": patch, "median_image_size_in_voxels": list(patch),
                      **released.configuration, "architecture": architecture_for_plans(net, activation_checkpointing),

@@ -1,10 +1,10 @@
-"""``create_model``: the one door to every model, registered (:mod:`stunet.models.registry`) or released with its
-weights (:mod:`stunet.weights.pretrained`, loaded by :mod:`stunet.weights.loading`)."""
+"""``create_model``: the one door to every model of the registry (:mod:`stunet.models.registry`), built by its
+builder or as one of its releases, with the release's weights loaded by :mod:`stunet.weights.loading`."""
 from __future__ import annotations
 
 from torch import nn
 
-from stunet.models.registry import list_models, model_builder
+from stunet.models.registry import get_release, list_models, model_builder
 
 
 def create_model(name: str, pretrained: str | bool | None = None, *, trust_checkpoint: bool = False,
@@ -28,11 +28,10 @@ def create_model(name: str, pretrained: str | bool | None = None, *, trust_check
     if name in list_models() and pretrained is None:
         return model_builder(name)(**kwargs)
     from stunet.weights.loading import create_pretrained  # checkpoint I/O only when asked for
-    from stunet.weights.pretrained import get_pretrained_config
     if pretrained is not None and name in list_models():  # a model name: the release follows from the file, or is unique
         return create_pretrained(name, pretrained, trust=trust_checkpoint, **kwargs)
     try:
-        config = get_pretrained_config(name)
+        config = get_release(name)
     except ValueError as e:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}" if name not in list_models()
                          else str(e)) from None

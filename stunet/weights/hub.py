@@ -560,7 +560,7 @@ def _fetch_companion(config, source: dict, path: Path, downloaded: bool,
 
 def weights_path(config, download: bool = True, force: bool = False, progress: bool = True,
                  fetch_companion: bool = False, cache: str | Path | None = None) -> Path:
-    """The local checkpoint of a released model (a :class:`~stunet.weights.pretrained.PretrainedConfig`): from
+    """The local checkpoint of a released model (a :class:`~stunet.models.release.PretrainedConfig`): from
     the cache, else downloaded (unless ``download`` is False or ``HF_HUB_OFFLINE`` is set), then checked against the
     known or recorded checksum. Its companion file (``.model.pkl``), where the config names one, is fetched beside it
     with a download (or, with ``fetch_companion``, whenever it is neither cached nor known to be missing on the Hub).
