@@ -42,6 +42,11 @@ from stunet.prediction.preprocessing import preprocess
 from stunet.prediction.resample import axis_orders, resample_chunks, resampled_spacing
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The largest relative difference (L2 norm) between a tile's features at a reduced precision on the CPU and in fp32
+# that is taken as rounding; bf16's own is about 0.01 through a whole STU-Net. oneDNN's bfloat16 convolutions give
+# wrong values on some CPUs for some small layer shapes (seen on a 2-core Xeon with AMX: a 1x2x2 input, stride 2 on
+# the last axis, 256+ channels), so the first tile is checked against fp32.
+LOW_PRECISION_TOLERANCE = 0.05
 
 
 class Predictor:
@@ -75,6 +80,7 @@ class Predictor:
         self._air: tuple[float, list[torch.Tensor]] | None = None  # (air value, features of each network)
         self.tally: ConfidenceTally | None = None  # set by the caller to collect winning probabilities (--qc)
         self.fallbacks: list[str] = []  # where the last image's work left the GPU for the CPU (out of memory)
+        self._precision_checked = self.device.type != "cpu" or self.autocast_dtype is None
         for network in model.networks:
             network.to(self.device)
 
@@ -118,15 +124,34 @@ class Predictor:
 
     def _timed_features(self, network: STUNet, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_features` of one tile (batch of one) at the predictor's precision, its time added to
-        ``network_seconds``."""
+        ``network_seconds``. The first tile at a reduced precision on the CPU is checked against fp32
+        (:meth:`_check_precision`)."""
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
         began = time.perf_counter()
         with autocast or torch.autocast(self.device.type, enabled=False):
             f = self._features(network, x)[0]
+        if not self._precision_checked:
+            f = self._check_precision(network, x, f)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.network_seconds += time.perf_counter() - began
         return f
+
+    def _check_precision(self, network: STUNet, x: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+        """The first tile's features in fp32 against ``reduced`` (the same tile at the reduced precision): where they
+        differ by more than rounding, the rest runs in fp32, with a note of the case, and the fp32 features are
+        returned."""
+        self._precision_checked = True
+        exact = self._features(network, x)[0]
+        difference = ((reduced - exact).norm() / exact.norm().clamp_min(1e-12)).item()
+        if math.isfinite(difference) and difference <= LOW_PRECISION_TOLERANCE:
+            return reduced
+        name = {v: k for k, v in PRECISIONS.items()}[self.autocast_dtype]
+        self.autocast_dtype, self.precision = None, "fp32"
+        self.fallbacks.append(f"{name} on this CPU gave features {difference:.3g} (relative) away from fp32's on the "
+                              f"first tile, beyond rounding ({LOW_PRECISION_TOLERANCE}); the network runs in fp32 "
+                              f"(same result as --precision fp32)")
+        return exact
 
     def _air_features(self, value: float, channels: int, patch: list[int]) -> list[torch.Tensor]:
         """Each network's features of a tile holding ``value`` everywhere, computed once per value."""
