@@ -54,7 +54,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["stunet", "stunet.models", "stunet.weights", "stunet.clinical", "stunet.evaluation", "stunet.nnunet",
-              "stunet.deploy", "stunet.prediction", "stunet.cli", "stunet.label_maps", "stunet.nnunet_plugins",
+              "stunet.deploy", "stunet.prediction", "stunet.cli", "stunet.io", "stunet.label_maps", "stunet.nnunet_plugins",
               "stunet.pretrained_configs"],
     package_dir={"stunet.nnunet_plugins": "nnunet_plugins", "stunet.pretrained_configs": "pretrained_configs"},
     package_data={"stunet.nnunet": ["*.json"], "stunet.pretrained_configs": ["*.json"], "stunet.label_maps": ["*.json"]},

@@ -42,7 +42,7 @@ def test_every_fine_tuning_trainer_is_listed_as_needing_weights():
         assert ("needs -pretrained_weights" in description) == (name in fine_tuning), name
 
 
-class STUNetTrainer_small_ft_heads_without_weights:
+class FineTuningStandInWithoutWeights:
     """A stand-in of a fine-tuning trainer that reaches training without -pretrained_weights."""
 
     requires_pretrained, pretrained_report, current_epoch, model_name = True, None, 0, "stunet_small"
@@ -50,9 +50,9 @@ class STUNetTrainer_small_ft_heads_without_weights:
 
 def test_a_fine_tuning_trainer_without_weights_stops_in_one_line():
     with pytest.raises(SystemExit) as stop:
-        STUNetTrainer.on_train_start(STUNetTrainer_small_ft_heads_without_weights())
+        STUNetTrainer.on_train_start(FineTuningStandInWithoutWeights())
     message = str(stop.value.code)
-    assert message.startswith("nnUNetv2_train: error: STUNetTrainer_small_ft_heads_without_weights fine-tunes "
+    assert message.startswith("nnUNetv2_train: error: FineTuningStandInWithoutWeights fine-tunes "
                               "pretrained weights: add -pretrained_weights FILE") and "\n" not in message
     assert "STUNetTrainer_small" in message  # the from-scratch trainer of that size
 
