@@ -39,6 +39,7 @@ from stunet.clinical.dicom_headers import (DicomError, Header, Scan, holds_image
                                            read_header, rescale, scan, text_of, transfer_syntax)
 from stunet.clinical.dicom_pixels import check_pixels
 from stunet.clinical.dicom_zip import MAX_ZIP_BYTES, MAX_ZIP_RATIO, extract_zip
+from stunet.io.reader import itk_error_detail
 
 #: the series API, and the names of :mod:`.dicom_headers` and :mod:`.dicom_zip` other rooms take from here
 __all__ = ["DicomError", "DicomSeries", "MAX_ZIP_BYTES", "MAX_ZIP_RATIO", "extract_zip", "find_dicom_cases",
@@ -217,8 +218,7 @@ def _name_unreadable(headers: list[Header], error: Exception) -> None:
         try:
             reader.Execute()
         except RuntimeError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            detail = lines[-1].replace("ITK ERROR: ", "") if lines else "unreadable"
+            detail = itk_error_detail(e)
             syntax = transfer_syntax(h.ds)
             raise DicomError(f"{h.path}: GDCM cannot read it (SOPClassUID {h.sop_class or 'empty'}, transfer syntax "
                              f"{UID(syntax).name if syntax else 'unknown'}: {detail[:150]}); remove or convert it"

@@ -101,6 +101,12 @@ def check_geometry(name, dimension: int, size: Sequence[int], spacing: Sequence[
     check_spacing(name, tuple(float(s) for s in spacing), spacing_source)
 
 
+def itk_error_detail(error: Exception) -> str:
+    """The last line of an ITK error, without ITK's prefix: what a one-line message can quote."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1].replace("sitk::ERROR: ", "").replace("ITK ERROR: ", "") if lines else "unreadable"
+
+
 class ImageFile:
     """An image file with its header read and checked against the file; :meth:`read` reads its voxels. ``name`` is
     what messages call it (default: the path); ``workdir`` holds a link where ITK cannot open the name (the caller
@@ -138,9 +144,7 @@ class ImageFile:
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            detail = lines[-1].replace("sitk::ERROR: ", "") if lines else "unreadable"
-            raise CaseError(f"{self.name}: cannot read it as an image ({detail[:200]})") from e
+            raise CaseError(f"{self.name}: cannot read it as an image ({itk_error_detail(e)[:200]})") from e
         self.dimension = reader.GetDimension()
         self.size, self.spacing = reader.GetSize(), reader.GetSpacing()
         self.origin, self.direction = reader.GetOrigin(), reader.GetDirection()
