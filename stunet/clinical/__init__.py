@@ -4,5 +4,6 @@
 statistics (:mod:`.statistics`), quality control without labels (:mod:`.quality`) and preview pictures
 (:mod:`.preview`). Each works on arrays and files alone, with no model.
 
-May import: the base modules and :mod:`stunet.io` (pydicom is required; highdicom, for DICOM-SEG output, is the ``dicom`` extra).
+May import: the base modules and :mod:`stunet.io` (pydicom is required; highdicom, for DICOM-SEG output, is the
+``dicom`` extra).
 """
