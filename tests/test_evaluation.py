@@ -251,6 +251,16 @@ def test_metric_names_stems_suites_and_tolerances():
 
 
 # -- point 1: the cohort evaluation and its files ----------------------------------------------------------------------
+def cross_validation_folder(root: Path, pred: Path, cases: int = 4) -> Path:
+    """A trainer folder holding the predictions as nnU-Net's validation of two folds (case k in fold k % 2)."""
+    trainer = root / "Trainer__Plans__3d_fullres"
+    for k in range(cases):
+        target = trainer / f"fold_{k % 2}" / "validation" / f"case{k}.nii.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pred / f"case{k}.nii.gz", target)
+    return trainer
+
+
 def make_cohort(root: Path, cases=3, spacing=(2.0, 0.8, 0.8)) -> tuple[Path, Path]:
     for k in range(cases):
         ref = np.zeros((20, 40, 40), np.uint8)
@@ -303,11 +313,7 @@ def test_evaluate_writes_the_table_the_summary_and_the_report(tmp_path):
 def test_parallel_equals_serial_and_cross_validation_folders_pair(tmp_path):
     """-np 2 gives the serial table; a trainer folder's fold_*/validation are read together, with its dataset.json."""
     ref, pred = make_cohort(tmp_path, cases=4)
-    trainer = tmp_path / "Trainer__Plans__3d_fullres"
-    for k in range(4):
-        target = trainer / f"fold_{k % 2}" / "validation" / f"case{k}.nii.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(pred / f"case{k}.nii.gz", target)
+    trainer = cross_validation_folder(tmp_path, pred)
     (trainer / "fold_0" / "validation" / "summary.json").write_text("{}")
     (trainer / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
     serial = evaluate(ref, pred, metrics=["dice", "hd95", "fp_volume"], num_processes=1)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 
 import numpy as np
 import SimpleITK as sitk
 
 from stunet.evaluation.evaluate import evaluate
 from stunet.evaluation.thumbnails import MAX_THUMBNAILS, chosen
-from test_evaluation import ALL, add_quality, assert_self_contained, make_cohort, write
+from test_evaluation import ALL, add_quality, assert_self_contained, cross_validation_folder, make_cohort, write
 
 
 def png_size(uri: str) -> tuple[int, int]:
@@ -80,11 +79,7 @@ def test_thumbnails_over_the_masks_alone_and_bounded(tmp_path):
 
 def test_a_cross_validation_gets_a_section_per_fold(tmp_path):
     ref, pred = make_cohort(tmp_path, cases=4)
-    trainer = tmp_path / "Trainer__Plans__3d_fullres"
-    for k in range(4):
-        target = trainer / f"fold_{k % 2}" / "validation" / f"case{k}.nii.gz"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(pred / f"case{k}.nii.gz", target)
+    trainer = cross_validation_folder(tmp_path, pred)
     (trainer / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
     evaluate(ref, trainer, tmp_path / "out", metrics=["dice", "hd95"], num_processes=1)
     text = (tmp_path / "out" / "report.html").read_text()
